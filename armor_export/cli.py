@@ -1,0 +1,74 @@
+"""`armor-export CHECKPOINT --target onnx --out BUNDLE`: checkpoint folder -> verified bundle.
+
+    armor-export runs/tiny/final --target onnx --out bundles/tiny [--dtype fp16] [--no-verify]
+                 [--overwrite] [--no-text-model]
+
+`--target tensorrt` builds engines from an ONNX bundle and needs a CUDA device. Prints the
+verification report; exits non-zero (and writes no manifest) when anything fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from runtime.errors import ArmorError
+
+TARGETS = ("onnx",)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="armor-export", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", type=Path, help="an ARMOR checkpoint folder (armor-train output)")
+    p.add_argument("--target", default="onnx", help=f"what to build: {', '.join(TARGETS)}")
+    p.add_argument("--out", type=Path, required=True, help="the bundle folder to write")
+    p.add_argument("--dtype", default="fp32", help="fp32 or fp16")
+    p.add_argument("--no-verify", action="store_true", help="skip the numerical verification against PyTorch")
+    p.add_argument("--overwrite", action="store_true", help="replace a bundle already in --out")
+    p.add_argument("--no-text-model", action="store_true", help="skip text/ (the onnxruntime-genai text path)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.target not in TARGETS:
+        print(f"armor-export: error: unknown target {args.target!r}; choose one of {', '.join(TARGETS)}",
+              file=sys.stderr)
+        return 2
+    from armor_export.export import export_bundle
+
+    try:
+        manifest = export_bundle(args.checkpoint, args.out, dtype=args.dtype, verify=not args.no_verify,
+                                 overwrite=args.overwrite, with_text_model=not args.no_text_model,
+                                 progress=not args.quiet)
+    except ArmorError as e:
+        print(f"armor-export: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"armor-export: error: {e.strerror or e} ({e.filename or args.out})", file=sys.stderr)
+        return 1
+    print(format_report(manifest["verification"]))
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    print(f"armor-export: bundle {args.out} ({size / 2**20:.1f} MiB, {manifest['dtype']}) "
+          f"in {manifest['export_seconds']:.1f} s")
+    return 0
+
+
+def format_report(report: dict) -> str:
+    if report.get("skipped"):
+        return "verification: skipped (--no-verify)"
+    lines = [f"verification against PyTorch (atol {report['tolerances']['atol']}, rtol {report['tolerances']['rtol']}, "
+             f"decoder prefill + {report['decode_steps']} cached steps):"]
+    for name, c in report["checks"].items():
+        top1 = f"  top-1 {c['top1_agreement']:.3f}" if "top1_agreement" in c else ""
+        lines.append(f"  {name:15s} {'ok  ' if c['passed'] else 'FAIL'} max |diff| {c['max_abs_diff']:.2e}{top1}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

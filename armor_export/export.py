@@ -1,0 +1,148 @@
+"""`export_bundle`: checkpoint folder -> bundle folder (DESIGN §3), verified, manifest last.
+
+Order of work: refuse what cannot work (no checkpoint, a bundle already there, too little
+disk), remove a previous manifest (from then on the folder is not a bundle), write every
+file, verify the graphs against PyTorch, hash, and only then write `manifest.json`
+atomically. A killed or failed export therefore never leaves a folder that looks valid.
+
+It knows the checkpoint format, the graph wrappers and the manifest; the runtime reads
+the result without knowing any of this.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from armor_export import manifest as mf
+from armor_export import text_model
+from armor_export.graphs import (DecoderGraph, TextHeadGraph, VisionEncoderGraph, VisualHeadGraph,
+                                 VQDecoderGraph, export_graph)
+from armor_export.verify import verify_bundle
+from runtime.constants import EMBEDDINGS_FILE, MANIFEST_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
+from runtime.errors import ArmorError
+from runtime.graphs import bundle_graphs
+from training_ref.checkpoint import load_checkpoint, read_config
+from training_ref.model import ArmorModel
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("fp32", "fp16")
+
+
+class ExportError(ArmorError):
+    """The export cannot proceed or its verification failed."""
+
+
+def model_summary(model: ArmorModel) -> dict:
+    """What the runtime needs to know about the model, for `manifest["model"]`."""
+    cfg = model.config
+    text = model.mllm.config.text_config
+    return {
+        "preset": cfg.preset,
+        "n_layers": text.num_hidden_layers, "n_heads": text.num_attention_heads,
+        "n_kv_heads": text.num_key_value_heads, "head_dim": text.hidden_size // text.num_attention_heads,
+        "hidden_size": text.hidden_size, "n_text_vocab": cfg.n_text_vocab, "n_codes": cfg.n_codes,
+        "n_new": cfg.n_new, "vocab_size": cfg.vocab_size, "image_grid": list(cfg.image_grid),
+        "image_size": cfg.vqgan["resolution"], "vision_image_size": model.mllm.config.vision_config.image_size[0],
+        "n_image_tokens": cfg.n_image_tokens, "adapter_layers": cfg.adapter_layers,
+        "adapter_heads": cfg.adapter_heads, "context_length": cfg.context_length,
+        "special_token_ids": cfg.to_dict()["special_token_ids"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def examples(model: ArmorModel, summary: dict) -> dict[str, tuple]:
+    """Example inputs to trace with: batch 2, sequence 3, past 4 (nothing is 1 or 0)."""
+    g = torch.Generator().manual_seed(0)
+    b, t, p, h = 2, 3, 4, summary["hidden_size"]
+    kv = (b, summary["n_kv_heads"], p, summary["head_dim"])
+    ad = (b, summary["adapter_heads"], p, h // summary["adapter_heads"])
+    s = summary["vision_image_size"]
+    gh, gw = summary["image_grid"]
+    past = tuple(torch.randn(kv, generator=g) for _ in range(2 * summary["n_layers"]))
+    return {
+        "vision_encoder": (torch.randn(b, 3, s, s, generator=g),),
+        "decoder": (torch.randn(b, t, h, generator=g), torch.ones(b, p + t, dtype=torch.long),
+                    torch.arange(p, p + t).expand(b, t).contiguous(), *past),
+        "text_head": (torch.randn(b, t, h, generator=g),),
+        "visual_head": (torch.randn(b, t, h, generator=g),
+                        *[torch.randn(ad, generator=g) for _ in range(2 * summary["adapter_layers"])]),
+        "vq_decoder": (torch.randint(0, summary["n_codes"], (b, gh, gw), generator=g),),
+    }
+
+
+WRAPPERS = {"vision_encoder": VisionEncoderGraph, "decoder": DecoderGraph, "text_head": TextHeadGraph,
+            "visual_head": VisualHeadGraph, "vq_decoder": VQDecoderGraph}
+
+
+def export_bundle(checkpoint: Path, out: Path, dtype: str = "fp32", verify: bool = True, overwrite: bool = False,
+                  with_text_model: bool = True, progress: bool = True) -> dict:
+    """Export `checkpoint` into the bundle folder `out`; returns the manifest."""
+    if dtype not in DTYPES:
+        raise ExportError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    read_config(checkpoint)  # a clear error for a missing or foreign checkpoint, before any work
+    out = Path(out)
+    if (out / MANIFEST_FILE).exists() and not overwrite:
+        raise ExportError(f"{out} already holds a bundle; pass --overwrite to replace it")
+    t0 = time.time()
+    model, tokenizer = load_checkpoint(checkpoint)
+    summary = model_summary(model)
+    _check_disk(out, summary["parameters"], dtype, with_text_model)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_FILE).unlink(missing_ok=True)  # from here on, `out` is not a bundle
+    specs = bundle_graphs(summary)
+    ex = examples(model, summary)
+    files: dict[str, dict] = {}
+    steps = list(specs) + (["text"] if with_text_model else []) + ["tables"]
+    bar = tqdm(steps, desc="export", disable=not progress)
+    for name in bar:
+        bar.set_postfix(graph=name)
+        if name == "text":
+            for path, role in text_model.export_text_model(model, tokenizer, out / "text", dtype):
+                files[str(path.relative_to(out))] = {"role": role}
+        elif name == "tables":
+            table = model.embedding.table().detach().numpy().astype(np.float16 if dtype == "fp16" else np.float32)
+            np.save(out / EMBEDDINGS_FILE, table)
+            files[EMBEDDINGS_FILE] = {"role": "embeddings"}
+            tokenizer.save(str(out / TOKENIZER_FILE))
+            files[TOKENIZER_FILE] = {"role": "tokenizer"}
+            shutil.copy(Path(checkpoint) / TOKENIZER_CONFIG_FILE, out / TOKENIZER_CONFIG_FILE)
+            files[TOKENIZER_CONFIG_FILE] = {"role": "tokenizer_config"}
+        else:
+            written = export_graph(WRAPPERS[name](model).eval(), ex[name], specs[name], out / specs[name].filename)
+            if dtype == "fp16":
+                written = mf.convert_fp16(written[0])
+            for i, path in enumerate(written):
+                files[path.name] = {"role": name if i == 0 else f"{name}.weights"}
+    export_seconds = time.time() - t0
+    report = verify_bundle(model, out, specs, dtype, progress=progress) if verify else {"skipped": True}
+    if verify and not report["passed"]:
+        failed = [k for k, v in report["checks"].items() if not v["passed"]]
+        raise ExportError(f"verification failed for {', '.join(failed)}: see the report above; no manifest written")
+    manifest = mf.build_manifest(out, summary, specs, files, dtype, report, tokenizer_config=out / TOKENIZER_CONFIG_FILE,
+                                 source=str(checkpoint), export_seconds=export_seconds)
+    mf.write_manifest(out, manifest)
+    log.info("bundle written to %s in %.1f s", out, time.time() - t0)
+    return manifest
+
+
+def _check_disk(out: Path, n_params: int, dtype: str, with_text_model: bool) -> None:
+    bytes_per = 2 if dtype == "fp16" else 4
+    need = int(n_params * bytes_per * (2.2 if with_text_model else 1.3)) + 64 * 2**20
+    probe = out if out.exists() else next(p for p in out.parents if p.exists())
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise ExportError(f"not enough disk space at {probe}: the bundle needs about {need / 2**30:.1f} GiB, "
+                          f"{free / 2**30:.1f} GiB free")
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

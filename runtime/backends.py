@@ -1,0 +1,84 @@
+"""One small backend interface and its ONNX Runtime implementation.
+
+A backend runs one graph: named numpy inputs in, named outputs out; `close()`; usable as a
+context manager. `OrtBackend` serves `device="cpu"`, `"cuda"` (CUDA EP) and `"tensorrt"`
+(TensorRT EP), each only where the installed onnxruntime offers the provider *and* the
+session really gets it; otherwise one clear sentence. onnxruntime is imported lazily, so
+importing the runtime costs nothing until a bundle is opened. No generation logic here.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from runtime.errors import ArmorError
+
+log = logging.getLogger(__name__)
+
+DEVICES = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+class DeviceError(ArmorError):
+    """The requested device is not available with the installed engine and hardware."""
+
+
+class Backend(Protocol):
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+class OrtBackend:
+    """One graph in an onnxruntime InferenceSession."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        if device not in DEVICES:
+            raise DeviceError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+        wanted = DEVICES[device]
+        offered = ort.get_available_providers()
+        if wanted[0] not in offered:
+            extra = {"cuda": "onnxruntime-gpu", "tensorrt": "onnxruntime-gpu with TensorRT"}.get(device, "onnxruntime")
+            raise DeviceError(f"device {device!r} needs {wanted[0]} ({extra}); this onnxruntime offers only "
+                              f"{', '.join(offered)}")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        providers = [p for p in wanted if p in offered]
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            raise ArmorError(f"cannot open {path}: {str(e).splitlines()[0]}") from e
+        if self.session.get_providers()[0] != wanted[0]:
+            raise DeviceError(f"device {device!r}: onnxruntime could not start {wanted[0]} (no usable device?); "
+                              f"it fell back to {self.session.get_providers()[0]}")
+        self.device = device
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        names = outputs or self.output_names
+        return dict(zip(names, self.session.run(names, feeds)))
+
+    def close(self) -> None:
+        self.session = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

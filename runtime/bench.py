@@ -1,0 +1,251 @@
+"""`armor-bench BUNDLE [--checkpoint CKPT] [--device NAME] --out DIR`: speed and memory.
+
+Measures, on fixed shapes-world prompts: load time, time to first token (image + question),
+text decode tokens/s (prefill then cached greedy steps, end-of-turn ignored), image tokens/s
+with CFG (whole t2i generations), seconds per image, vision encoder ms, VQ decode ms, peak
+RSS. With `--checkpoint`, the same workloads on the PyTorch reference (eager, same weights)
+in the same process, and the ratios runtime / reference. Writes `bench.json`, `bench.csv`
+(one row per device and precision, so runs on several devices merge into one table) and
+`bench.png`. torch is imported only for `--checkpoint`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from runtime.errors import ArmorError
+
+TEXT_PROMPT = [{"role": "user", "content": "describe the image."}]
+T2I_PROMPTS = ["draw a large red circle at the top left.", "draw a small blue square in the center.",
+               "draw a large green triangle at the bottom right and a small yellow circle at the top."]
+CSV_FIELDS = ["device", "precision", "engine", "load_s", "ttft_ms", "text_tokens_per_s", "image_tokens_per_s",
+              "s_per_image", "vision_ms", "vq_decode_ms", "peak_rss_mb"]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def bench_runtime(bundle: Path, device: str, steps: int, repeats: int, threads: int | None) -> dict:
+    from runtime.generation import Done
+    from runtime.image import preprocess
+    from runtime.pipeline import ArmorPipeline
+    from runtime.sampling import Sampler, SamplingParams
+
+    t0 = time.perf_counter()
+    pipe = ArmorPipeline.load(bundle, device=device, threads=threads)
+    load_s = time.perf_counter() - t0
+    m, tok = pipe.model, pipe.tokenizer
+    image = _probe_image(m.vision_size)
+    vqa = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "how many shapes are there?"}]}]
+    ttft = []
+    for _ in range(repeats):
+        done = [e for e in pipe.generate(vqa, max_new_tokens=1) if isinstance(e, Done)][0]
+        ttft.append(done.timings["first_token_s"])
+
+    def text_decode():  # prefill, then `steps` cached greedy steps through decoder + text head
+        from runtime.generation import _Stream, prepare_prompt
+
+        ids, _ = prepare_prompt(m, tok, TEXT_PROMPT)
+        stream, sampler = _Stream(m, m.embed(np.asarray([ids])), {}), Sampler(SamplingParams())
+        t = time.perf_counter()
+        for _ in range(steps):
+            idx = sampler(m.text_logits(stream.last)[0, -1])
+            stream.feed([min(idx, m.space.n_text_vocab - 1)])
+        return steps / (time.perf_counter() - t)
+
+    text_tps = statistics.median(text_decode() for _ in range(repeats))
+    img_tps, s_img = _image_runs(lambda msgs: [e for e in pipe.generate(msgs, max_new_tokens=4, cfg_scale=3.0)
+                                               if isinstance(e, Done)][0],
+                                 lambda done: (done.image_tokens, done.timings["image_s"]))
+    pixels = np.stack([preprocess(image, m.vision_size)])
+    codes = np.zeros((1, *m.grid), np.int64)
+    out = {"engine": "runtime", "load_s": load_s, "ttft_ms": statistics.median(ttft) * 1e3,
+           "text_tokens_per_s": text_tps, "image_tokens_per_s": img_tps, "s_per_image": s_img,
+           "vision_ms": _median_ms(lambda: m.encode_images(pixels), repeats * 3),
+           "vq_decode_ms": _median_ms(lambda: m.decode_image(codes), repeats * 3), "peak_rss_mb": peak_rss_mb()}
+    pipe.close()
+    return out
+
+
+def bench_reference(checkpoint: Path, bundle_dtype: str, steps: int, repeats: int) -> dict:
+    import torch
+
+    from runtime.sampling import SamplingParams
+    from training_ref.checkpoint import load_checkpoint
+    from training_ref.generate import _Stream, generate
+
+    t0 = time.perf_counter()
+    model, tok = load_checkpoint(checkpoint)
+    load_s = time.perf_counter() - t0
+    size = model.mllm.config.vision_config.image_size[0]
+    image = _probe_image(size)
+    vqa = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "how many shapes are there?"}]}]
+    ttft = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        generate(model, tok, vqa, max_new_tokens=1)
+        ttft.append(time.perf_counter() - t)
+
+    @torch.no_grad()
+    def text_decode():
+        from runtime.chat import format_chat
+
+        ids = tok.encode(format_chat(TEXT_PROMPT, model.config.n_image_tokens), add_special_tokens=False).ids
+        stream = _Stream(model, ids)
+        t = time.perf_counter()
+        for _ in range(steps):
+            idx = int(model.text_logits(stream.last)[0, -1].argmax())
+            stream.feed([min(idx, model.config.n_text_vocab - 1)])
+        return steps / (time.perf_counter() - t)
+
+    text_tps = statistics.median(text_decode() for _ in range(repeats))
+    n_img = model.config.n_grid + 2
+
+    def run_t2i(msgs):
+        t = time.perf_counter()
+        out = generate(model, tok, msgs, max_new_tokens=4, cfg_scale=3.0, sampling=SamplingParams())
+        return out, time.perf_counter() - t
+
+    img_tps, s_img = _image_runs(run_t2i, lambda r: (n_img if any(not isinstance(p, str) for p in r[0]) else 0, r[1]))
+    from runtime.image import preprocess
+
+    pixels = torch.from_numpy(np.stack([preprocess(image, size)]))
+    codes = torch.zeros((1, *model.config.image_grid), dtype=torch.long)
+    with torch.no_grad():
+        vision_ms = _median_ms(lambda: model.encode_images(pixels), repeats * 3)
+        vq_ms = _median_ms(lambda: model.vqgan.decode(codes), repeats * 3)
+    return {"engine": "pytorch", "load_s": load_s, "ttft_ms": statistics.median(ttft) * 1e3,
+            "text_tokens_per_s": text_tps, "image_tokens_per_s": img_tps, "s_per_image": s_img,
+            "vision_ms": vision_ms, "vq_decode_ms": vq_ms, "peak_rss_mb": peak_rss_mb()}
+
+
+def _image_runs(run, count) -> tuple[float, float]:
+    """Image tokens/s and seconds per image over the t2i prompts (only runs that made an image)."""
+    tokens = seconds = images = 0
+    for prompt in T2I_PROMPTS:
+        n, s = count(run([{"role": "user", "content": prompt}]))
+        if n:
+            tokens, seconds, images = tokens + n, seconds + s, images + 1
+    if not images:
+        return float("nan"), float("nan")
+    return tokens / seconds, seconds / images
+
+
+def _probe_image(size: int):
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (size, size), "white")
+    ImageDraw.Draw(im).ellipse((size // 8, size // 8, size // 3, size // 3), fill=(220, 40, 40))
+    return im
+
+
+def write_outputs(out: Path, rows: list[dict], meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    ratios = {}
+    rt = next((r for r in rows if r["engine"] == "runtime"), None)
+    ref = next((r for r in rows if r["engine"] == "pytorch"), None)
+    if rt and ref:
+        ratios = {k: rt[k] / ref[k] for k in ("text_tokens_per_s", "image_tokens_per_s") if ref[k]}
+        ratios.update({f"{k}_speedup": ref[k] / rt[k] for k in ("ttft_ms", "vision_ms", "vq_decode_ms", "s_per_image")
+                       if rt[k]})
+    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows, "ratios": ratios}, indent=2))
+    with open(out / "bench.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
+    _chart(out / "bench.png", rows)
+
+
+def _chart(path: Path, rows: list[dict]) -> None:
+    """A small bar chart of tokens/s per engine (Pillow only)."""
+    from PIL import Image, ImageDraw
+
+    metrics = ["text_tokens_per_s", "image_tokens_per_s"]
+    w, h, pad = 640, 320, 40
+    im = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(im)
+    top = max((r[m] for r in rows for m in metrics if np.isfinite(r[m])), default=1.0) or 1.0
+    colours = [(60, 110, 200), (230, 140, 40), (80, 170, 90)]
+    group_w = (w - 2 * pad) / len(metrics)
+    bar_w = group_w / (len(rows) + 1)
+    for gi, m in enumerate(metrics):
+        x0 = pad + gi * group_w
+        d.text((x0, h - pad + 8), m.replace("_", " "), fill="black")
+        for ri, r in enumerate(rows):
+            v = r[m] if np.isfinite(r[m]) else 0.0
+            bh = (h - 2 * pad) * v / top
+            x = x0 + ri * bar_w
+            d.rectangle((x, h - pad - bh, x + bar_w * 0.9, h - pad), fill=colours[ri % 3])
+            d.text((x, h - pad - bh - 12), f"{v:.0f}", fill="black")
+    for ri, r in enumerate(rows):
+        d.text((pad + ri * 180, 8), f"{r['engine']} ({r['device']}, {r['precision']})", fill=colours[ri % 3])
+    im.save(path)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="armor-bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--checkpoint", type=Path, help="also run the PyTorch reference on this checkpoint")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=64, help="text decode steps per run")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        from runtime.bundle import open_bundle
+
+        precision = open_bundle(args.bundle, verify_hashes=False).dtype
+        rows = []
+        for name in tqdm(["runtime"] + (["pytorch"] if args.checkpoint else []), desc="bench"):
+            if name == "runtime":
+                r = bench_runtime(args.bundle, args.device, args.steps, args.repeats, args.threads)
+            else:
+                r = bench_reference(args.checkpoint, precision, args.steps, args.repeats)
+            rows.append({"device": args.device if name == "runtime" else "cpu", "precision": precision
+                         if name == "runtime" else "fp32", **r})
+    except ArmorError as e:
+        print(f"armor-bench: error: {e}", file=sys.stderr)
+        return 1
+    meta = {"bundle": str(args.bundle), "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+            "machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version(),
+            "steps": args.steps, "repeats": args.repeats, "threads": args.threads}
+    write_outputs(args.out, rows, meta)
+    for r in rows:
+        print(", ".join(f"{k} {r[k]:.2f}" if isinstance(r[k], float) else f"{k} {r[k]}" for k in CSV_FIELDS))
+    ratios = json.loads((args.out / "bench.json").read_text())["ratios"]
+    if ratios:
+        print("runtime / pytorch: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    print(f"armor-bench: wrote {args.out / 'bench.json'}, bench.csv, bench.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""`armor-run BUNDLE --prompt TEXT [--image PATH ...]`: answer one prompt with text and images.
+
+Streams text as it comes, shows a progress bar while an image is generated, saves images as
+PNG in --out, prints the timings. Bad input gets one line on stderr and exit code 2; a
+broken bundle or device exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from runtime.errors import ArmorError, InputError, SamplingError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="armor-run", description=__doc__.split("\n\n")[0])
+    p.add_argument("bundle", type=Path, help="a bundle folder (armor-export output)")
+    p.add_argument("--prompt", required=True, help="the user's text")
+    p.add_argument("--image", type=Path, action="append", default=[], help="an input image (repeatable)")
+    p.add_argument("--out", type=Path, default=Path("armor-out"), help="where generated images are saved")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or tensorrt (ONNX Runtime providers)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--cfg-scale", type=float, default=3.0, help="classifier-free guidance for images (1 = off)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="budget of text tokens")
+    p.add_argument("--threads", type=int, help="intra-op threads per graph")
+    p.add_argument("--no-verify-hashes", action="store_true", help="skip the sha256 check (slow storage)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from runtime.generation import Done, ImageDone, ImageProgress, ImageStarted, TextDelta
+    from runtime.pipeline import ArmorPipeline
+
+    content = [{"type": "image", "image": str(p)} for p in args.image] + [{"type": "text", "text": args.prompt}]
+    try:
+        for p in args.image:
+            if not p.is_file():
+                raise InputError(f"image file not found: {p}")
+        with ArmorPipeline.load(args.bundle, device=args.device, verify_hashes=not args.no_verify_hashes,
+                                threads=args.threads) as pipe:
+            bar, saved = None, []
+            for event in pipe.generate([{"role": "user", "content": content}], max_new_tokens=args.max_new_tokens,
+                                       cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
+                                       top_p=args.top_p, seed=args.seed):
+                if isinstance(event, TextDelta):
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+                elif isinstance(event, ImageStarted):
+                    sys.stdout.write("\n")
+                    bar = tqdm(total=event.total_codes, desc=f"image {event.index}", unit="code", leave=False)
+                elif isinstance(event, ImageProgress):
+                    bar.update(event.done - bar.n)
+                elif isinstance(event, ImageDone):
+                    bar.close()
+                    saved.append(_save_png(event.image, args.out / f"image_{event.index}.png"))
+                    sys.stdout.write(f"[image {event.index}: {saved[-1]}]\n")
+                elif isinstance(event, Done):
+                    sys.stdout.write("\n")
+                    print(format_timings(event, pipe.load_seconds))
+    except (InputError, SamplingError) as e:
+        print(f"armor-run: error: {e}", file=sys.stderr)
+        return 2
+    except ArmorError as e:
+        print(f"armor-run: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _save_png(image, path: Path) -> Path:
+    """Write through a temporary file: an interrupted run leaves no truncated PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def format_timings(done, load_s: float) -> str:
+    t = done.timings
+    parts = [f"load {load_s * 1e3:.0f} ms", f"first token {t.get('first_token_s', 0) * 1e3:.0f} ms"]
+    if "vision_s" in t:
+        parts.append(f"vision {t['vision_s'] * 1e3:.1f} ms")
+    if done.text_tokens:
+        parts.append(f"text {done.text_tokens} tok at {t.get('text_tokens_per_s', 0):.1f} tok/s")
+    if done.image_tokens:
+        parts.append(f"image {done.image_tokens} tok at {t.get('image_tokens_per_s', 0):.1f} tok/s")
+        parts.append(f"VQ decode {t.get('vq_decode_s', 0) * 1e3:.1f} ms")
+    parts.append(f"total {t.get('total_s', 0):.2f} s ({done.finish_reason})")
+    return "timings: " + ", ".join(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

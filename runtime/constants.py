@@ -1,0 +1,39 @@
+"""The one place for token names, file names and artifact keys shared by every package.
+
+Torch-free (the runtime imports it on the device). It knows names only: ids live in each
+checkpoint's `config.json` and each bundle's `manifest.json`, never here.
+"""
+
+# Text special tokens of the tokenizers we train; ids 0..5 in that order for the `tiny` preset.
+ENDOFTEXT = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+IMG_START = "<img>"  # InternVL's input-image delimiters
+IMG_STOP = "</img>"
+IMG_CONTEXT = "<IMG_CONTEXT>"  # one placeholder per input-image embedding
+SPECIAL_TEXT_TOKENS = (ENDOFTEXT, IM_START, IM_END, IMG_START, IMG_STOP, IMG_CONTEXT)
+
+# ARMOR's new tokens (rows of the `new` embedding table, after the image codes).
+IMG_BOS = "<imgbos>"  # emitted by the text head: switch to IMAGE mode
+IMG_END = "<imgend>"  # emitted by the visual head (or forced on a full grid): back to TEXT
+IMG_PAD = "<imgpad>"  # pads image sequences; never sampled
+NEW_SPECIAL_TOKENS = (IMG_BOS, IMG_END, IMG_PAD)
+
+# Checkpoint directory (training_ref output, export input).
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+VQGAN_FILE = "vqgan.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+TRAIN_STATE_FILE = "train_state.json"
+
+# Bundle (armor-export output, runtime input).
+MANIFEST_FILE = "manifest.json"
+EMBEDDINGS_FILE = "embeddings.npy"
+
+CHECKPOINT_FORMAT = "armor-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+
+BUNDLE_FORMAT = "armor-bundle"
+BUNDLE_SCHEMA_VERSION = 1
+GENAI_CONFIG_FILE = "genai_config.json"  # onnxruntime-genai's config, in the bundle's text/

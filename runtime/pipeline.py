@@ -1,0 +1,82 @@
+"""The public API: load a bundle, generate interleaved text and images.
+
+    from runtime import ArmorPipeline
+    with ArmorPipeline.load("bundles/tiny") as pipe:
+        for event in pipe.generate([{"role": "user", "content": "draw a red circle."}]):
+            ...
+        parts = pipe.chat([{"role": "user", "content": [{"type": "image", "image": "x.png"},
+                                                          {"type": "text", "text": "what colour?"}]}])
+
+`generate` yields events (TextDelta, ImageStarted, ImageProgress, ImageDone, Done);
+`chat` returns the interleaved list of strings and PIL images.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterator
+
+from PIL import Image
+
+from runtime.bundle import open_bundle
+from runtime.engine import BundleModel
+from runtime.generation import Done, Event, ImageDone, ImageStarted, TextDelta, generate
+from runtime.sampling import SamplingParams
+
+
+class ArmorPipeline:
+    def __init__(self, model: BundleModel, load_seconds: float = 0.0):
+        self.model = model
+        self.tokenizer = model.bundle.tokenizer
+        self.load_seconds = load_seconds
+        self.last_done: Done | None = None
+
+    @classmethod
+    def load(cls, bundle: str | Path, device: str = "cpu", verify_hashes: bool = True,
+             threads: int | None = None) -> "ArmorPipeline":
+        t0 = time.perf_counter()
+        b = open_bundle(bundle, verify_hashes=verify_hashes)
+        return cls(BundleModel.open(b, device=device, threads=threads), time.perf_counter() - t0)
+
+    @property
+    def manifest(self) -> dict:
+        return self.model.bundle.manifest
+
+    def generate(self, messages: list[dict], *, max_new_tokens: int = 128, cfg_scale: float = 3.0,
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> Iterator[Event]:
+        sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        for event in generate(self.model, self.tokenizer, messages, max_new_tokens=max_new_tokens,
+                              cfg_scale=cfg_scale, sampling=sampling):
+            if isinstance(event, Done):
+                self.last_done = event
+            yield event
+
+    def chat(self, messages: list[dict], **kwargs) -> list[str | Image.Image]:
+        """The interleaved answer: text segments (stripped, empty ones dropped) and images."""
+        out, text = [], []
+
+        def flush():
+            s = "".join(text).strip()
+            if s:
+                out.append(s)
+            text.clear()
+
+        for event in self.generate(messages, **kwargs):
+            if isinstance(event, TextDelta):
+                text.append(event.text)
+            elif isinstance(event, ImageStarted):
+                flush()
+            elif isinstance(event, ImageDone):
+                out.append(event.image)
+        flush()
+        return out
+
+    def close(self) -> None:
+        self.model.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,115 @@
+"""armor-export: the bundle's files and manifest, verification, and refusal of bad input."""
+
+import json
+import shutil
+
+import onnx
+import pytest
+
+from armor_export.cli import main
+from armor_export.export import ExportError, export_bundle
+from runtime.constants import MANIFEST_FILE
+from runtime.graphs import bundle_graphs
+
+
+def test_bundle_layout_and_manifest(random_bundle):
+    manifest = json.loads((random_bundle / MANIFEST_FILE).read_text())
+    assert manifest["format"] == "armor-bundle" and manifest["schema_version"] == 1
+    for name in ("vision_encoder.onnx", "decoder.onnx", "text_head.onnx", "visual_head.onnx", "vq_decoder.onnx",
+                 "embeddings.npy", "tokenizer.json", "text/model.onnx", "text/genai_config.json"):
+        assert name in manifest["files"], name
+        entry = manifest["files"][name]
+        assert len(entry["sha256"]) == 64 and entry["bytes"] > 0 and entry["role"]
+    assert manifest["verification"]["passed"]
+    assert set(manifest["verification"]["checks"]) >= {"vision_encoder", "decoder", "text_head", "visual_head",
+                                                        "vq_decoder", "text_model"}
+    for name, check in manifest["verification"]["checks"].items():
+        assert check["max_abs_diff"] <= 1e-3, name
+    m = manifest["model"]
+    assert m["special_token_ids"]["img_bos"] == m["n_text_vocab"] + m["n_codes"]
+    assert manifest["chat_template"]
+
+
+def test_graph_io_follows_the_declaration(random_bundle):
+    manifest = json.loads((random_bundle / MANIFEST_FILE).read_text())
+    for name, spec in bundle_graphs(manifest["model"]).items():
+        proto = onnx.load(str(random_bundle / spec.filename), load_external_data=False)
+        assert [i.name for i in proto.graph.input] == spec.input_names
+        assert [o.name for o in proto.graph.output] == spec.output_names
+        for value, declared in zip(proto.graph.input, spec.inputs):
+            dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+            assert dims == list(declared.axes), (name, value.name)
+    dec = bundle_graphs(manifest["model"])["decoder"]
+    assert "past_key_values.0.key" in dec.input_names and "present.0.value" in dec.output_names
+
+
+def test_fp16_bundle_verifies(random_checkpoint, tmp_path):
+    manifest = export_bundle(random_checkpoint, tmp_path / "b16", dtype="fp16", progress=False, with_text_model=False)
+    assert manifest["dtype"] == "fp16" and manifest["verification"]["passed"]
+    assert manifest["graphs"]["decoder"]["inputs"][0]["dtype"] == "float16"
+    size32 = sum(f["bytes"] for n, f in json.loads((tmp_path / "b16" / MANIFEST_FILE).read_text())["files"].items())
+    assert size32 > 0
+
+
+def test_existing_bundle_is_refused_without_overwrite(random_checkpoint, random_bundle, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(random_bundle, out)
+    assert main([str(random_checkpoint), "--out", str(out), "--quiet", "--no-verify", "--no-text-model"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0]
+    assert main([str(random_checkpoint), "--out", str(out), "--quiet", "--no-verify", "--no-text-model",
+                 "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", "checkpoint folder not found"),
+    ("no_weights", "model.safetensors is missing"),
+    ("truncated", "corrupt or truncated"),
+    ("bad_json", "not valid JSON"),
+    ("other_version", "version"),
+])
+def test_bad_checkpoints_fail_with_one_line_and_leave_no_bundle(random_checkpoint, tmp_path, capsys, damage, message):
+    ckpt = tmp_path / "ckpt"
+    if damage != "missing":
+        shutil.copytree(random_checkpoint, ckpt)
+    if damage == "no_weights":
+        (ckpt / "model.safetensors").unlink()
+    elif damage == "truncated":
+        data = (ckpt / "model.safetensors").read_bytes()
+        (ckpt / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif damage == "bad_json":
+        (ckpt / "config.json").write_text("{not json")
+    elif damage == "other_version":
+        cfg = json.loads((ckpt / "config.json").read_text())
+        cfg["format_version"] = 99
+        (ckpt / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "bundle"
+    assert main([str(ckpt), "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (out / MANIFEST_FILE).exists()
+
+
+def test_unknown_target_and_dtype(random_checkpoint, tmp_path, capsys):
+    assert main([str(random_checkpoint), "--target", "coreml", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown target" in capsys.readouterr().err
+    assert main([str(random_checkpoint), "--dtype", "int3", "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    assert "--dtype" in capsys.readouterr().err
+
+
+def test_failed_verification_writes_no_manifest(random_checkpoint, tmp_path, monkeypatch):
+    import armor_export.verify as verify
+
+    monkeypatch.setitem(verify.TOLERANCES, "fp32", (0.0, 0.0))  # nothing passes a zero tolerance
+    with pytest.raises(ExportError, match="verification failed"):
+        export_bundle(random_checkpoint, tmp_path / "b", progress=False, with_text_model=False)
+    assert (tmp_path / "b" / "decoder.onnx").exists() and not (tmp_path / "b" / MANIFEST_FILE).exists()
+
+
+def test_not_enough_disk_is_refused(random_checkpoint, tmp_path, monkeypatch):
+    import armor_export.export as ex
+
+    monkeypatch.setattr(ex.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1024))
+    with pytest.raises(ExportError, match="not enough disk space"):
+        export_bundle(random_checkpoint, tmp_path / "b", progress=False)
+    assert not (tmp_path / "b").exists()

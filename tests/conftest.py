@@ -1,0 +1,65 @@
+"""Shared fixtures: a tokenizer trained on a small corpus and a tiny random ARMOR model."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from training_ref.tokenizer import train_tokenizer
+
+    return train_tokenizer(vocab_size=512, n_texts=3000, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tokenizer):
+    import torch
+
+    from training_ref.checkpoint import tiny_config
+    from training_ref.model import ArmorModel
+
+    torch.manual_seed(0)
+    return ArmorModel(tiny_config(tokenizer)).eval()
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory, tokenizer):
+    """A tiny random checkpoint folder (untrained: for plumbing, not for quality)."""
+    import torch
+
+    from training_ref.checkpoint import save_checkpoint, tiny_config
+    from training_ref.model import ArmorModel
+
+    torch.manual_seed(0)
+    return save_checkpoint(ArmorModel(tiny_config(tokenizer)), tokenizer, tmp_path_factory.mktemp("ckpt") / "random")
+
+
+@pytest.fixture(scope="session")
+def random_bundle(tmp_path_factory, random_checkpoint):
+    from armor_export.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "random"
+    export_bundle(random_checkpoint, out, progress=False)
+    return out
+
+
+SHIPPED_TINY = __import__("pathlib").Path(__file__).resolve().parents[1] / "training_ref" / "checkpoints" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint():
+    """The shipped, trained `tiny` checkpoint."""
+    assert (SHIPPED_TINY / "config.json").is_file(), f"the shipped checkpoint is missing at {SHIPPED_TINY}"
+    return SHIPPED_TINY
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_checkpoint):
+    from armor_export.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    export_bundle(tiny_checkpoint, out, progress=False)
+    return out

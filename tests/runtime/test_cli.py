@@ -1,0 +1,46 @@
+"""armor-run and armor-bench end to end on a bundle, and their one-line errors."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from runtime.bench import main as bench_main
+from runtime.cli import main as run_main
+
+
+def test_armor_run_streams_text_and_prints_timings(random_bundle, tmp_path, capsys):
+    img = tmp_path / "in.png"
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(img)
+    assert run_main([str(random_bundle), "--prompt", "what colour?", "--image", str(img),
+                     "--max-new-tokens", "6", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "timings:" in out and "first token" in out
+
+
+def test_armor_run_bad_inputs(random_bundle, tmp_path, capsys):
+    assert run_main([str(random_bundle), "--prompt", "x", "--image", str(tmp_path / "nope.png")]) == 2
+    assert "image file not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    assert run_main([str(random_bundle), "--prompt", "x", "--image", str(bad)]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+    assert run_main([str(random_bundle), "--prompt", "x", "--top-p", "1.5"]) == 2
+    assert "top_p" in capsys.readouterr().err
+    assert run_main([str(random_bundle), "--prompt", "x", "--temperature", "-1"]) == 2
+    assert run_main([str(random_bundle), "--prompt", "x " * 2000]) == 2
+    assert "context" in capsys.readouterr().err
+    assert run_main([str(tmp_path), "--prompt", "x"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a bundle" in err[0]
+
+
+def test_armor_bench_writes_json_csv_png(random_bundle, random_checkpoint, tmp_path):
+    out = tmp_path / "bench"
+    assert bench_main([str(random_bundle), "--checkpoint", str(random_checkpoint), "--out", str(out),
+                       "--steps", "4", "--repeats", "1"]) == 0
+    data = json.loads((out / "bench.json").read_text())
+    assert [r["engine"] for r in data["rows"]] == ["runtime", "pytorch"]
+    assert "text_tokens_per_s" in data["ratios"]
+    assert (out / "bench.csv").read_text().startswith("device,precision,engine")
+    assert (out / "bench.png").stat().st_size > 0

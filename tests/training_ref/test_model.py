@@ -1,0 +1,94 @@
+"""The reference model: shapes of each entry point, the unified id space, the freeze table."""
+
+import numpy as np
+import pytest
+import torch
+
+from training_ref import train
+from training_ref.data import make_batch, CodeCache
+
+
+def test_entry_point_shapes(tiny_model):
+    cfg = tiny_model.config
+    pixels = torch.randn(2, 3, 64, 64)
+    embeds = tiny_model.encode_images(pixels)  # [2, N_img, H]
+    assert embeds.shape == (2, cfg.n_image_tokens, cfg.hidden_size)
+    ids = torch.randint(10, cfg.n_text_vocab, (2, 40))
+    ids[:, 3:3 + cfg.n_image_tokens] = cfg.image_token_id
+    ids[1, -1] = cfg.img_bos_id
+    hidden, _ = tiny_model.decode(tiny_model.embed(ids, embeds))
+    assert hidden.shape == (2, 40, cfg.hidden_size)
+    assert tiny_model.text_logits(hidden).shape == (2, 40, cfg.n_text_vocab + 1)
+    logits, cache = tiny_model.image_logits(hidden[:, :5])
+    assert logits.shape == (2, 5, cfg.n_codes + 2)
+    assert len(cache) == cfg.adapter_layers
+
+
+def test_unified_embedding_routes_new_ids_to_new_table(tiny_model):
+    cfg = tiny_model.config
+    ids = torch.tensor([[7, cfg.code_offset + 3, cfg.img_bos_id, cfg.img_end_id]])
+    x = tiny_model.embedding(ids)[0]
+    assert torch.equal(x[0], tiny_model.embedding.original.weight[7])
+    assert torch.equal(x[1], tiny_model.embedding.new.weight[3])
+    assert torch.equal(x[2], tiny_model.embedding.new.weight[cfg.n_codes])
+    assert torch.equal(x[3], tiny_model.embedding.new.weight[cfg.n_codes + 1])
+    assert tiny_model.embedding.table().shape == (cfg.vocab_size, cfg.hidden_size)
+
+
+def test_image_placeholder_count_is_checked(tiny_model):
+    cfg = tiny_model.config
+    ids = torch.full((1, 8), cfg.image_token_id)
+    with pytest.raises(ValueError, match="placeholders"):
+        tiny_model.embed(ids, torch.zeros(1, cfg.n_image_tokens, cfg.hidden_size))
+
+
+def test_adapter_cache_matches_full_segment(tiny_model):
+    seg = torch.randn(1, 7, tiny_model.config.hidden_size)
+    full, _ = tiny_model.image_logits(seg)
+    past, steps = None, []
+    for i in range(7):
+        out, past = tiny_model.image_logits(seg[:, i:i + 1], past=past)
+        steps.append(out)
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_lm_head_is_not_tied_to_frozen_embeddings(tiny_model):
+    assert tiny_model.mllm.lm_head.weight.data_ptr() != tiny_model.embedding.original.weight.data_ptr()
+
+
+@pytest.mark.parametrize("stage_name", ["what", "how", "better"])
+def test_wohg_freeze_table(tiny_model, tokenizer, stage_name):
+    """Exactly the stage's groups require and receive gradients (DESIGN §1 table)."""
+    model = tiny_model
+    stage = train.STAGES[stage_name]
+    train.set_trainable(model, stage)
+    model.zero_grad(set_to_none=True)
+    rng = np.random.default_rng(0)
+    mix = {"t2t": 1, "ti2t": 1, "t2i": 1, "t2ti": 1}
+    batch = make_batch(rng, mix, 8, tokenizer, model.config, CodeCache(model.vqgan, 64), 64)
+    loss, _ = train.ArmorLoss(model, stage.alpha, stage.beta)(batch)
+    loss.backward()
+    expected = {"what": {"new_embeddings", "text_head"}, "how": {"new_embeddings", "adapter", "visual_head"},
+                "better": {"new_embeddings", "text_head", "adapter", "visual_head"}}[stage_name]
+    for group, params in model.param_groups().items():
+        for p in params:
+            if group in expected:
+                assert p.requires_grad, group
+                assert p.grad is not None and p.grad.abs().sum() > 0, f"{group} got no gradient in {stage_name}"
+            else:
+                assert not p.requires_grad, f"{group} must be frozen in {stage_name}"
+                assert p.grad is None, f"{group} received a gradient in {stage_name}"
+    for group in train.ALWAYS_FROZEN:
+        assert group not in expected
+    model.zero_grad(set_to_none=True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def test_loss_weights_select_heads(tiny_model, tokenizer):
+    rng = np.random.default_rng(1)
+    batch = make_batch(rng, {"t2ti": 1}, 2, tokenizer, tiny_model.config, CodeCache(tiny_model.vqgan, 64), 64)
+    with torch.no_grad():
+        _, text_only = train.ArmorLoss(tiny_model, 1.0, 0.0)(batch)
+        _, image_only = train.ArmorLoss(tiny_model, 0.0, 1.0)(batch)
+    assert set(text_only) == {"text"} and set(image_only) == {"image"}

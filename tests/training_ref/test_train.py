@@ -1,0 +1,79 @@
+"""armor-train end to end (capped steps), resume after a kill, and DDP over two CPU processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime.constants import CONFIG_FILE, MODEL_FILE, TRAIN_STATE_FILE
+from training_ref.checkpoint import load_checkpoint
+from training_ref.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_armor_train_tiny_max_steps_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    assert main(["--preset", "tiny", "--out", str(out), "--max-steps", "20", "--batch-size", "4", "--quiet",
+                 "--ablation", "--dtype", "float16"]) == 0
+    for stage in ("vq", "base", "what", "how", "better", "onestage"):
+        state = json.loads((out / stage / TRAIN_STATE_FILE).read_text())
+        assert state == {"stage": stage, "step": 20, "done": True}
+    model, tok = load_checkpoint(out / "final")
+    assert model.config.preset == "tiny"
+    assert json.loads((out / "final" / CONFIG_FILE).read_text())["dtype"] == "float16"
+    assert (out / "final-onestage" / MODEL_FILE).is_file()
+    assert not list(out.glob(".*tmp*")), "temporary folders left behind"
+
+
+def test_resume_continues_from_last_checkpoint(tmp_path, tokenizer):
+    import torch
+
+    from training_ref import train
+    from training_ref.checkpoint import tiny_config
+    from training_ref.model import ArmorModel
+
+    torch.manual_seed(0)
+    stage = train.STAGES["base"]
+    out = tmp_path / "base"
+    # a run "killed" after 4 of 6 steps: its last checkpoint says step 4, not done
+    train.train_stage(ArmorModel(tiny_config(tokenizer)), tokenizer, stage, out, 4, 2, seed=0,
+                      save_every=2, progress=False)
+    state = json.loads((out / TRAIN_STATE_FILE).read_text())
+    state["done"] = False
+    (out / TRAIN_STATE_FILE).write_text(json.dumps(state))
+    resumed = train.train_stage(ArmorModel(tiny_config(tokenizer)), tokenizer, stage, out, 6, 2, seed=0,
+                                save_every=2, progress=False)
+    assert json.loads((out / TRAIN_STATE_FILE).read_text()) == {"stage": "base", "step": 6, "done": True}
+    # the same 6 steps in one go give the same weights: same data stream, restored optimizer
+    torch.manual_seed(0)
+    straight = train.train_stage(ArmorModel(tiny_config(tokenizer)), tokenizer, stage, tmp_path / "straight",
+                                 6, 2, seed=0, save_every=100, progress=False)
+    for (name, a), b in zip(resumed.state_dict().items(), straight.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_bad_arguments_fail_with_one_line(tmp_path, capsys):
+    assert main(["--from-pretrained", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--vqgan" in err[0]
+    assert main(["--from-pretrained", str(tmp_path / "nope"), "--vqgan", str(tmp_path / "v.ckpt"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "not a transformers InternVL checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "-m", "training_ref.cli", "--preset", "tiny", "--out", str(out), "--stages", "vq", "base",
+           "--max-steps", "3", "--batch-size", "2", "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check = json.loads((out / "ddp_check.json").read_text())
+    assert check["world_size"] == 2 and check["max_param_sum_diff"] <= 1e-9 and check["n_params"] > 0

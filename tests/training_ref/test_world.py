@@ -1,0 +1,184 @@
+"""The shapes world: constants, rendering, language round trip, split and samples."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from training_ref import world
+from training_ref.world import COLOURS, POSITIONS, SHAPES, SIZES, Obj
+
+
+def _scenes(n: int, seed: int = 0) -> list[tuple[Obj, ...]]:
+    rng = np.random.default_rng(seed)
+    return [world.sample_scene(rng) for _ in range(n)]
+
+
+def test_constants_are_exact() -> None:
+    assert COLOURS == {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 90, 220),
+                       "yellow": (230, 190, 30), "purple": (150, 60, 190)}
+    assert world.BACKGROUND == (255, 255, 255)
+    assert SHAPES == ("circle", "square", "triangle")
+    assert SIZES == ("small", "large")
+    assert POSITIONS == ("top left", "top", "top right", "left", "center", "right",
+                         "bottom left", "bottom", "bottom right")
+
+
+def test_obj_rejects_unknown_values() -> None:
+    with pytest.raises(ValueError):
+        Obj("hexagon", "red", "top", "small")
+    with pytest.raises(ValueError):
+        Obj("circle", "red", "middle", "small")
+
+
+@pytest.mark.parametrize("size", [64, 256])
+def test_render_is_flat_and_places_objects_in_their_cells(size: int) -> None:
+    palette = {*COLOURS.values(), world.BACKGROUND}
+    cell = size / 3
+    for scene in _scenes(20, seed=size):
+        image = world.render(scene, size)
+        assert image.mode == "RGB" and image.size == (size, size)
+        pixels = np.asarray(image)
+        packed = np.unique(pixels.reshape(-1, 3).astype(np.int64) @ np.array([65536, 256, 1]))
+        assert {(int(v) >> 16, (int(v) >> 8) & 255, int(v) & 255) for v in packed} <= palette
+        for obj in scene:
+            row, col = divmod(POSITIONS.index(obj.position), 3)
+            cy, cx = int((row + 0.5) * cell), int((col + 0.5) * cell)
+            assert tuple(pixels[cy, cx]) == COLOURS[obj.colour]
+        # Nothing but background on the grid lines: objects stay inside their cells.
+        for k in (1, 2):
+            line = int(round(k * cell))
+            assert (pixels[line, :] == 255).all() and (pixels[:, line] == 255).all()
+
+
+def test_describe_example_and_joining() -> None:
+    a = Obj("circle", "red", "top left", "large")
+    b = Obj("square", "blue", "center", "small")
+    c = Obj("triangle", "green", "bottom", "small")
+    assert world.describe((b, a)) == "a large red circle at the top left and a small blue square in the center"
+    assert world.describe((c, a, b)) == ("a large red circle at the top left, a small blue square in the center "
+                                         "and a small green triangle at the bottom")
+    assert world.describe((a,)) == "a large red circle at the top left"
+
+
+def test_describe_parse_roundtrip_500() -> None:
+    for scene in _scenes(500, seed=1):
+        assert world.parse_description(world.describe(scene)) == scene
+        assert world.parse_description(f"Sure! here is {world.describe(scene)}. Anything else?") == scene
+
+
+def test_parse_description_edge_cases() -> None:
+    assert world.parse_description("hello there") is None
+    assert world.parse_description("") is None
+    # "top" must not be read from "top left", nor "left" from "bottom left".
+    parsed = world.parse_description("a small red circle at the top left and a large blue square at the bottom left")
+    assert parsed == (Obj("circle", "red", "top left", "small"), Obj("square", "blue", "bottom left", "large"))
+
+
+def test_heldout_split_is_about_ten_percent_and_disjoint() -> None:
+    rng = np.random.default_rng(2)
+    raw = [world._random_scene(rng, int(rng.integers(1, 4))) for _ in range(20000)]
+    fraction = np.mean([world.is_heldout(s) for s in raw])
+    assert 0.08 < fraction < 0.12
+    train = set(_scenes(3000, seed=3))
+    assert not any(world.is_heldout(s) for s in train)
+    held = {s.answer[0] for s in world.heldout_t2i()}
+    assert all(world.is_heldout(s) for s in held)
+    assert not train & held
+    assert world.is_heldout(raw[0]) == world.is_heldout(tuple(reversed(raw[0])))  # order-free
+
+
+def test_sample_scene_shapes() -> None:
+    rng = np.random.default_rng(4)
+    for n in (1, 2, 3):
+        for heldout in (False, True):
+            scene = world.sample_scene(rng, n_objects=n, heldout=heldout)
+            assert len(scene) == n and world.is_heldout(scene) == heldout
+            assert len({o.position for o in scene}) == n
+            assert scene == world.canonical(scene)
+    with pytest.raises(ValueError):
+        world.sample_scene(rng, n_objects=4)
+
+
+def test_samples_are_deterministic_for_a_seed() -> None:
+    for mode in world.MODES:
+        rng1, rng2 = np.random.default_rng(8), np.random.default_rng(8)
+        assert [world.make_sample(rng1, mode) for _ in range(50)] == [world.make_sample(rng2, mode) for _ in range(50)]
+        assert world.make_sample(np.random.default_rng(7), mode) == world.make_sample(np.random.default_rng(7), mode)
+    assert world.heldout_t2i() == world.heldout_t2i()
+    assert world.heldout_vqa() == world.heldout_vqa()
+    assert world.heldout_t2ti() == world.heldout_t2ti()
+    with pytest.raises(ValueError):
+        world.make_sample(np.random.default_rng(0), "i2i")
+
+
+def test_t2t_answers_are_short_and_determined_by_the_question() -> None:
+    rng = np.random.default_rng(9)
+    seen: dict[str, str] = {}
+    for _ in range(2000):
+        s = world.make_sample(rng, "t2t")
+        assert s.image is None and len(s.answer) == 1 and isinstance(s.answer[0], str)
+        assert seen.setdefault(s.prompt, s.answer[0]) == s.answer[0]
+    assert seen["how many sides does a triangle have?"] == "three"
+    assert seen["which shape is round?"] == "circle"
+    assert len(seen) > 100
+
+
+def test_ti2t_samples() -> None:
+    rng = np.random.default_rng(10)
+    kinds_seen = set()
+    for _ in range(500):
+        s = world.make_sample(rng, "ti2t")
+        assert s.image is not None and len(s.answer) == 1 and isinstance(s.answer[0], str)
+        kinds_seen.add(s.prompt.split()[0])
+        if s.prompt == "describe the image.":
+            assert s.answer[0] == world.describe(s.image)
+    assert {"how", "what", "where", "is", "describe"} <= kinds_seen
+
+
+def test_exists_questions_are_balanced() -> None:
+    rng = np.random.default_rng(11)
+    answers = [world.vqa_question(rng, world.sample_scene(rng), "exists")[1] for _ in range(2000)]
+    assert 0.45 < answers.count("yes") / len(answers) < 0.55
+
+
+def test_t2i_prompt_specifies_the_scene() -> None:
+    rng = np.random.default_rng(12)
+    for _ in range(200):
+        s = world.make_sample(rng, "t2i")
+        scene = s.answer[0]
+        assert len(s.answer) == 1 and isinstance(scene, tuple)
+        assert any(s.prompt == f"{v} {world.describe(scene)}." for v in world.T2I_VERBS)
+        assert world.parse_description(s.prompt) == scene
+
+
+def test_t2ti_text_before_image_specifies_it() -> None:
+    rng = np.random.default_rng(13)
+    for _ in range(200):
+        s = world.make_sample(rng, "t2ti")
+        before, scene, after = s.answer
+        assert before == f"here is {world.describe(scene)}."
+        assert world.parse_description(before) == scene
+        n = len(scene)
+        assert after == ("there is 1 shape in total." if n == 1 else f"there are {n} shapes in total.")
+        m = re.search(r"with (\d) shape", s.prompt)
+        assert m is None or int(m.group(1)) == n
+
+
+def test_fixed_evaluation_sets() -> None:
+    t2i, vqa, t2ti = world.heldout_t2i(), world.heldout_vqa(), world.heldout_t2ti()
+    assert (len(t2i), len(vqa), len(t2ti)) == (200, 200, 20)
+    assert all(s.mode == "t2i" and world.is_heldout(s.answer[0]) for s in t2i)
+    assert all(s.mode == "ti2t" and world.is_heldout(s.image) for s in vqa)
+    assert not any(s.prompt in ("describe the image.", "what is in the picture?") for s in vqa)
+    assert all(s.mode == "t2ti" and world.is_heldout(s.answer[1]) for s in t2ti)
+    assert world.heldout_t2i(n=5, seed=1) != world.heldout_t2i(n=5, seed=2)
+
+
+def test_corpus_text_covers_the_vocabulary() -> None:
+    texts = list(world.corpus_text(400, seed=0))
+    assert all(isinstance(t, str) and t for t in texts)
+    words = set(" ".join(texts).replace(".", " ").replace(",", " ").replace("?", " ").split())
+    assert set(COLOURS) | set(SHAPES) | set(SIZES) | {"top", "left", "center", "here", "draw"} <= words

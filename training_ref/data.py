@@ -1,0 +1,145 @@
+"""Turns shapes-world samples into training batches for the ARMOR model.
+
+A sample becomes one token sequence: the chat prompt (with `<IMG_CONTEXT>` placeholders for
+an input image), then the assistant's answer, where a generated image is `<imgbos>`, its
+codes (from the frozen VQGAN) and `<imgend>`, and the turn ends with `<|im_end|>`.
+
+Labels are next-token targets split by head:
+- text labels: at every answer position whose next token is text (or `<imgbos>`), in the
+  text head's index space (`<imgbos>` is index V); -100 elsewhere (prompt, image segment);
+- image labels: for the segment inputs `<imgbos>, c0 .. c_{N-1}` the targets
+  `c0 .. c_{N-1}, <imgend>` in the visual head's index space.
+Unconditional samples (condition dropped for classifier-free guidance) are the empty-user
+template followed by the image; they carry image labels only.
+
+It knows the sequence layout and the world's samples; not the optimizer or the stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from runtime.chat import format_chat
+from runtime.image import preprocess, to_unit_range
+from training_ref import world
+from training_ref.model import ArmorConfig
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    ids: list[int]
+    text_labels: list[int]
+    image_start: int | None  # index of <imgbos> in ids
+    image_labels: list[int] | None
+    input_scene: tuple | None
+
+
+@dataclass
+class Batch:
+    ids: torch.Tensor  # [B, T] unified ids, right-padded
+    attention_mask: torch.Tensor  # [B, T]
+    position_ids: torch.Tensor  # [B, T]
+    text_labels: torch.Tensor  # [B, T] text-head index space, IGNORE elsewhere
+    pixel_values: torch.Tensor | None  # [N_img, 3, S, S] input images in row order
+    image_rows: torch.Tensor  # [B_img] rows holding a generated image
+    image_starts: torch.Tensor  # [B_img] index of <imgbos> in those rows
+    image_labels: torch.Tensor  # [B_img, N+1] visual-head index space
+
+
+class CodeCache:
+    """Scene -> VQGAN codes of its rendering (the VQGAN is frozen after its own stage)."""
+
+    def __init__(self, vqgan, resolution: int, max_items: int = 200_000):
+        self.vqgan, self.resolution, self.max_items = vqgan, resolution, max_items
+        self.cache: dict[tuple, list[int]] = {}
+
+    @torch.no_grad()
+    def __call__(self, scenes: list[tuple]) -> list[list[int]]:
+        todo = [s for s in dict.fromkeys(scenes) if s not in self.cache]
+        if todo:
+            pixels = torch.from_numpy(np.stack([to_unit_range(world.render(s, self.resolution), self.resolution)
+                                                for s in todo]))
+            codes = self.vqgan.encode(pixels).flatten(1).tolist()  # [n, h*w]
+            if len(self.cache) + len(todo) > self.max_items:
+                self.cache.clear()
+            self.cache.update(zip(todo, codes))
+        return [self.cache[s] for s in scenes]
+
+
+def encode_sample(sample: world.Sample, tokenizer, cfg: ArmorConfig, codes: list[int] | None,
+                  unconditional: bool = False) -> Encoded:
+    """One sample -> ids and labels. `codes` are the codes of the sample's (single) generated image."""
+    tok = lambda s: tokenizer.encode(s, add_special_tokens=False).ids  # noqa: E731
+    if unconditional:
+        content, answer = "", [p for p in sample.answer if not isinstance(p, str)]
+    else:
+        content = sample.prompt if sample.image is None else [{"type": "image"}, {"type": "text", "text": sample.prompt}]
+        answer = sample.answer
+    ids = tok(format_chat([{"role": "user", "content": content}], cfg.n_image_tokens))
+    prompt_len = len(ids)
+    image_start = image_labels = None
+    for part in answer:
+        if isinstance(part, str):
+            ids += tok(part)
+        else:
+            if image_start is not None:
+                raise ValueError("training samples hold at most one generated image")
+            image_start = len(ids)
+            ids += [cfg.img_bos_id] + [cfg.code_offset + c for c in codes] + [cfg.img_end_id]
+            image_labels = list(codes) + [cfg.n_codes]
+    ids.append(cfg.eos_token_id)
+    text_labels = [IGNORE] * len(ids)
+    if not unconditional:
+        for t in range(prompt_len - 1, len(ids) - 1):
+            nxt = ids[t + 1]
+            if nxt < cfg.n_text_vocab:
+                text_labels[t] = nxt
+            elif nxt == cfg.img_bos_id:
+                text_labels[t] = cfg.n_text_vocab
+    return Encoded(ids, text_labels, image_start, image_labels, sample.image)
+
+
+def collate(items: list[Encoded], cfg: ArmorConfig, vision_size: int) -> Batch:
+    t = max(len(e.ids) for e in items)
+    if t > cfg.context_length:
+        raise ValueError(f"a training sequence of {t} tokens exceeds the context of {cfg.context_length}")
+    b = len(items)
+    ids = torch.full((b, t), cfg.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((b, t), dtype=torch.long)
+    labels = torch.full((b, t), IGNORE, dtype=torch.long)
+    for i, e in enumerate(items):
+        ids[i, : len(e.ids)] = torch.tensor(e.ids)
+        mask[i, : len(e.ids)] = 1
+        labels[i, : len(e.ids)] = torch.tensor(e.text_labels)
+    scenes = [e.input_scene for e in items if e.input_scene is not None]
+    pixels = None
+    if scenes:
+        pixels = torch.from_numpy(np.stack([preprocess(world.render(s, vision_size), vision_size) for s in scenes]))
+    rows = [i for i, e in enumerate(items) if e.image_start is not None]
+    return Batch(
+        ids=ids, attention_mask=mask, position_ids=torch.arange(t)[None].expand(b, t).contiguous(),
+        text_labels=labels, pixel_values=pixels, image_rows=torch.tensor(rows, dtype=torch.long),
+        image_starts=torch.tensor([items[i].image_start for i in rows], dtype=torch.long),
+        image_labels=torch.tensor([items[i].image_labels for i in rows], dtype=torch.long).view(len(rows), cfg.n_grid + 1),
+    )
+
+
+def make_batch(rng: np.random.Generator, mix: dict[str, float], batch_size: int, tokenizer, cfg: ArmorConfig,
+               code_cache: CodeCache | None, vision_size: int, p_uncond: float = 0.0) -> Batch:
+    """Draw `batch_size` training samples with the mode mixture `mix` and collate them."""
+    modes = list(mix)
+    probs = np.array([mix[m] for m in modes], dtype=np.float64)
+    samples = [world.make_sample(rng, str(rng.choice(modes, p=probs / probs.sum()))) for _ in range(batch_size)]
+    uncond = [s.mode in ("t2i", "t2ti") and rng.random() < p_uncond for s in samples]
+    out_scenes = [next((p for p in s.answer if not isinstance(p, str)), None) for s in samples]
+    wanted = [sc for sc in out_scenes if sc is not None]
+    if wanted and code_cache is None:
+        raise ValueError("image-generation samples need the VQGAN codes (train the vq stage first)")
+    codes = dict(zip(wanted, code_cache(wanted))) if wanted else {}
+    items = [encode_sample(s, tokenizer, cfg, codes.get(sc), u) for s, sc, u in zip(samples, out_scenes, uncond)]
+    return collate(items, cfg, vision_size)

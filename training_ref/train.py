@@ -1,0 +1,262 @@
+"""Training stages: the VQGAN, the base MLLM, and ARMOR's WoHG steps (plus the 1-stage ablation).
+
+WoHG ("what or how to generate", DESIGN §1): decoder layers and the original embeddings are
+always frozen, the new embeddings always train, and
+
+    stage   trainable                                   loss
+    what    text head                                   text CE            (alpha=1, beta=0)
+    how     adapter + visual head                       image CE           (alpha=0, beta=1)
+    better  text head + adapter + visual head           alpha*text + beta*image, interleaved
+    onestage (ablation) the `better` set from the base model, all data at once
+
+`vq` trains the VQGAN alone (L1 + L2 reconstruction + codebook/commitment; dead codes are
+re-seeded from encoder outputs). `base` trains the whole MLLM on understanding (t2t, ti2t):
+only the embedded default needs it, real users start from a pretrained MLLM.
+
+Every stage resumes after a kill: its folder holds the last checkpoint (written atomically)
+plus `train_state.json` and the optimizer moments; the data stream of step s is drawn from a
+generator seeded by (seed, stage, step, rank), so a resumed run sees the same batches.
+Under torchrun (WORLD_SIZE > 1) it trains with DDP over gloo and checks the replicas agree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from runtime.constants import TRAIN_STATE_FILE
+from runtime.image import to_unit_range
+from training_ref import world
+from training_ref.checkpoint import load_checkpoint, save_checkpoint
+from training_ref.data import IGNORE, Batch, CodeCache, make_batch
+from training_ref.model import ArmorModel
+
+log = logging.getLogger(__name__)
+
+OPTIM_FILE = "optimizer.safetensors"
+ALWAYS_FROZEN = ("decoder", "original_embeddings", "vision", "vqgan")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    trainable: tuple[str, ...]  # parameter groups of ArmorModel.param_groups()
+    alpha: float  # text loss weight
+    beta: float  # image loss weight
+    mix: tuple[tuple[str, float], ...]  # data modes and their shares
+    lr: float
+    p_uncond: float = 0.0
+
+
+STAGES = {
+    "vq": Stage("vq", ("vqgan",), 0.0, 0.0, (), 1e-3),
+    "base": Stage("base", ("vision", "decoder", "original_embeddings", "text_head"), 1.0, 0.0,
+                  (("t2t", 0.2), ("ti2t", 0.8)), 2e-3),
+    "what": Stage("what", ("new_embeddings", "text_head"), 1.0, 0.0,
+                  (("t2t", 0.1), ("ti2t", 0.3), ("t2i", 0.3), ("t2ti", 0.3)), 2e-3),
+    "how": Stage("how", ("new_embeddings", "adapter", "visual_head"), 0.0, 1.0,
+                 (("t2i", 0.6), ("t2ti", 0.4)), 2e-3, p_uncond=0.1),
+    "better": Stage("better", ("new_embeddings", "text_head", "adapter", "visual_head"), 1.0, 1.0,
+                    (("t2t", 0.1), ("ti2t", 0.3), ("t2i", 0.2), ("t2ti", 0.4)), 5e-4, p_uncond=0.1),
+    "onestage": Stage("onestage", ("new_embeddings", "text_head", "adapter", "visual_head"), 1.0, 1.0,
+                      (("t2t", 0.1), ("ti2t", 0.3), ("t2i", 0.3), ("t2ti", 0.3)), 2e-3, p_uncond=0.1),
+}
+WOHG = ("what", "how", "better")
+
+
+def set_trainable(model: ArmorModel, stage: Stage) -> list[torch.nn.Parameter]:
+    """Apply the freeze table: exactly the stage's groups require gradients."""
+    groups = model.param_groups()
+    for params in groups.values():
+        for p in params:
+            p.requires_grad_(False)
+    trainable = []
+    for name in stage.trainable:
+        for p in groups[name]:
+            p.requires_grad_(True)
+            trainable.append(p)
+    return trainable
+
+
+class ArmorLoss(torch.nn.Module):
+    """alpha * text CE + beta * image CE over a batch (the module DDP wraps)."""
+
+    def __init__(self, model: ArmorModel, alpha: float, beta: float):
+        super().__init__()
+        self.model, self.alpha, self.beta = model, alpha, beta
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        m, cfg = self.model, self.model.config
+        image_embeds = m.encode_images(batch.pixel_values) if batch.pixel_values is not None else None
+        x = m.embed(batch.ids, image_embeds)  # [B, T, H]
+        hidden, _ = m.decode(x, batch.attention_mask, batch.position_ids)  # [B, T, H]
+        loss, stats = hidden.new_zeros(()), {}
+        if self.alpha:
+            sel = batch.text_labels != IGNORE  # [B, T]
+            text = F.cross_entropy(m.text_logits(hidden[sel]), batch.text_labels[sel])
+            loss = loss + self.alpha * text
+            stats["text"] = text.item()
+        if self.beta and len(batch.image_rows):
+            offsets = batch.image_starts[:, None] + torch.arange(cfg.n_grid + 1)  # [B_img, N+1]
+            seg = hidden[batch.image_rows[:, None], offsets]  # [B_img, N+1, H]
+            logits, _ = m.image_logits(seg)
+            image = F.cross_entropy(logits.flatten(0, 1), batch.image_labels.flatten())
+            loss = loss + self.beta * image
+            stats["image"] = image.item()
+        return loss, stats
+
+
+class VQLoss(torch.nn.Module):
+    """L1 + L2 reconstruction + codebook/commitment loss of the VQGAN (the module DDP wraps)."""
+
+    def __init__(self, vqgan):
+        super().__init__()
+        self.vqgan = vqgan
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        recon, q_loss, _ = self.vqgan(pixels)  # [B, 3, S, S]
+        l1, l2 = (recon - pixels).abs().mean(), F.mse_loss(recon, pixels)
+        return l1 + l2 + q_loss, {"l1": l1.item(), "q": q_loss.item()}
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _lr_at(step: int, total: int, base: float, warmup: int = 50) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def train_stage(model: ArmorModel, tokenizer, stage: Stage, out_dir: Path, steps: int, batch_size: int,
+                seed: int, save_every: int = 200, progress: bool = True) -> ArmorModel:
+    """Train one stage for `steps` steps, resuming from `out_dir` if a partial run is there."""
+    rank, world_size = _rank_world()
+    state_path = out_dir / TRAIN_STATE_FILE
+    start = 0
+    if state_path.is_file():
+        st = json.loads(state_path.read_text())
+        if st.get("done"):
+            log.info("stage %s already complete in %s", stage.name, out_dir)
+            return load_checkpoint(out_dir)[0].train()
+        model = load_checkpoint(out_dir)[0]
+        start = st["step"]
+        log.info("resuming stage %s at step %d", stage.name, start)
+    model.train()
+    params = set_trainable(model, stage)
+    opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.0 if stage.name == "vq" else 0.01,
+                            betas=(0.9, 0.95))
+    if start and (out_dir / OPTIM_FILE).is_file():
+        _load_optimizer(opt, params, out_dir / OPTIM_FILE, start)
+    step_fn = _vq_step if stage.name == "vq" else _armor_step
+    loss_module = VQLoss(model.vqgan) if stage.name == "vq" else ArmorLoss(model, stage.alpha, stage.beta)
+    if world_size > 1:
+        loss_module = torch.nn.parallel.DistributedDataParallel(loss_module, find_unused_parameters=True)
+    codes = None if stage.name in ("vq", "base") else CodeCache(model.vqgan, model.config.vqgan["resolution"])
+    vision_size = model.mllm.config.vision_config.image_size[0]
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage.name, disable=not progress or rank != 0)
+    for step in bar:
+        rng = np.random.default_rng([seed, list(STAGES).index(stage.name), step, rank])
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, steps, stage.lr)
+        loss, stats = step_fn(model, loss_module, stage, rng, batch_size, tokenizer, codes, vision_size)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v:.3f}" for k, v in stats.items()})
+        if stage.name == "vq" and step % 100 == 99:
+            _reseed_dead_codes(model, rng, world_size)
+        done = step + 1 == steps
+        if (step + 1) % save_every == 0 or done:
+            _save(model, tokenizer, opt, params, out_dir, stage, step + 1, done, rank)
+    if steps == start:  # nothing left to do but mark completion
+        _save(model, tokenizer, opt, params, out_dir, stage, steps, True, rank)
+    if world_size > 1:
+        _check_replicas_agree(params, out_dir, rank)
+    return model
+
+
+def _armor_step(model, loss_module, stage, rng, batch_size, tokenizer, codes, vision_size):
+    batch = make_batch(rng, dict(stage.mix), batch_size, tokenizer, model.config, codes, vision_size, stage.p_uncond)
+    return loss_module(batch)
+
+
+def _vq_step(model, loss_module, stage, rng, batch_size, tokenizer, codes, vision_size):
+    res = model.config.vqgan["resolution"]
+    pixels = torch.from_numpy(np.stack([to_unit_range(world.render(world.sample_scene(rng), res), res)
+                                        for _ in range(batch_size)]))
+    return loss_module(pixels)
+
+
+@torch.no_grad()
+def _reseed_dead_codes(model: ArmorModel, rng: np.random.Generator, world_size: int) -> None:
+    """Codes no image of a probe batch uses are moved onto random encoder outputs."""
+    vq, res = model.vqgan, model.config.vqgan["resolution"]
+    pixels = torch.from_numpy(np.stack([to_unit_range(world.render(world.sample_scene(rng), res), res)
+                                        for _ in range(64)]))
+    z = vq.quant_conv(vq.encoder(pixels))  # [64, D, h, w]
+    used = torch.zeros(vq.quantize.embedding.num_embeddings, dtype=torch.bool)
+    used[vq.quantize.codes(z).flatten()] = True
+    dead = (~used).nonzero().flatten()
+    if len(dead) and world_size == 1:  # with DDP the replicas would diverge: skipped there
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        pick = torch.from_numpy(rng.integers(0, len(flat), len(dead)))
+        vq.quantize.embedding.weight[dead] = flat[pick]
+        log.debug("re-seeded %d dead codes", len(dead))
+
+
+def _save(model, tokenizer, opt, params, out_dir, stage, step, done, rank) -> None:
+    if rank != 0:
+        if dist.is_initialized():
+            dist.barrier()
+        return
+    index = {id(p): i for i, p in enumerate(params)}
+    moments = {}
+    for p, st in opt.state.items():
+        if id(p) in index:
+            moments[f"{index[id(p)]}.exp_avg"] = st["exp_avg"].contiguous()
+            moments[f"{index[id(p)]}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(out_dir) + ".optim.tmp")
+    save_file(moments, str(tmp))
+    state = {"stage": stage.name, "step": step, "done": done}
+    save_checkpoint(model, tokenizer, out_dir, extra_files={TRAIN_STATE_FILE: json.dumps(state)})
+    os.replace(tmp, out_dir / OPTIM_FILE)  # a kill between the two resumes with fresh moments at worst
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _load_optimizer(opt, params, path: Path, step: int) -> None:
+    moments = load_file(str(path))
+    for i, p in enumerate(params):
+        if f"{i}.exp_avg" in moments:
+            opt.state[p] = {"step": torch.tensor(float(step)), "exp_avg": moments[f"{i}.exp_avg"],
+                            "exp_avg_sq": moments[f"{i}.exp_avg_sq"]}
+
+
+def _check_replicas_agree(params, out_dir: Path, rank: int) -> None:
+    """All ranks must hold identical trainable weights after DDP training."""
+    local = torch.stack([p.detach().double().sum() for p in params])
+    gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    max_diff = max((g - gathered[0]).abs().max().item() for g in gathered)
+    if rank == 0:
+        (out_dir.parent / "ddp_check.json").write_text(json.dumps(
+            {"world_size": dist.get_world_size(), "max_param_sum_diff": max_diff, "n_params": len(params)}))
+    if max_diff > 1e-9:
+        raise RuntimeError(f"DDP replicas diverged (max difference of parameter sums {max_diff})")
