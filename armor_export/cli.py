@@ -10,9 +10,10 @@ verification report; exits non-zero (and writes no manifest) when anything fails
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import resource
 import sys
+import time
 from pathlib import Path
 
 from runtime.errors import ArmorError
@@ -42,6 +43,7 @@ def main(argv=None) -> int:
         return 2
     from armor_export.export import export_bundle
 
+    t0 = time.time()
     try:
         manifest = export_bundle(args.checkpoint, args.out, dtype=args.dtype, verify=not args.no_verify,
                                  overwrite=args.overwrite, with_text_model=not args.no_text_model,
@@ -54,8 +56,9 @@ def main(argv=None) -> int:
         return 1
     print(format_report(manifest["verification"]))
     size = sum(f["bytes"] for f in manifest["files"].values())
-    print(f"armor-export: bundle {args.out} ({size / 2**20:.1f} MiB, {manifest['dtype']}) "
-          f"in {manifest['export_seconds']:.1f} s")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"armor-export: bundle {args.out} ({size / 2**20:.1f} MiB, {manifest['dtype']}); export "
+          f"{manifest['export_seconds']:.1f} s, with verification {time.time() - t0:.1f} s; peak RSS {peak:.2f} GiB")
     return 0
 
 

@@ -11,7 +11,6 @@ the result without knowing any of this.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -123,7 +122,7 @@ def export_bundle(checkpoint: Path, out: Path, dtype: str = "fp32", verify: bool
             for i, path in enumerate(written):
                 files[path.name] = {"role": name if i == 0 else f"{name}.weights"}
     export_seconds = time.time() - t0
-    report = verify_bundle(model, out, specs, dtype, progress=progress) if verify else {"skipped": True}
+    report = verify_bundle(model, out, specs, dtype, tokenizer=tokenizer, progress=progress) if verify else {"skipped": True}
     if verify and not report["passed"]:
         failed = [k for k, v in report["checks"].items() if not v["passed"]]
         raise ExportError(f"verification failed for {', '.join(failed)}: see the report above; no manifest written")
@@ -142,7 +141,3 @@ def _check_disk(out: Path, n_params: int, dtype: str, with_text_model: bool) -> 
     if free < need:
         raise ExportError(f"not enough disk space at {probe}: the bundle needs about {need / 2**30:.1f} GiB, "
                           f"{free / 2**30:.1f} GiB free")
-
-
-def load_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from armor_export.graphs import DecoderGraph, TextHeadGraph, VisionEncoderGraph, VisualHeadGraph, VQDecoderGraph
+from runtime.chat import format_chat
 from runtime.graphs import GraphSpec
 from runtime.image import preprocess, to_unit_range
 from training_ref import world
@@ -79,7 +80,8 @@ class Comparator:
         return out
 
 
-def verify_bundle(model: ArmorModel, out: Path, specs: dict[str, GraphSpec], dtype: str, progress: bool = True) -> dict:
+def verify_bundle(model: ArmorModel, out: Path, specs: dict[str, GraphSpec], dtype: str, tokenizer=None,
+                  progress: bool = True) -> dict:
     checks = {}
     model = model.float().eval()
     g = torch.Generator().manual_seed(1234)
@@ -87,7 +89,7 @@ def verify_bundle(model: ArmorModel, out: Path, specs: dict[str, GraphSpec], dty
         path = out / specs[name].filename
         onnx.checker.check_model(str(path), full_check=True)
         cmp = Comparator(session(path), _MODULES[name](model).eval(), specs[name], dtype)
-        _CHECKS[name](cmp, model, g)
+        _CHECKS[name](cmp, model, g, tokenizer)
         checks[name] = {**cmp.report(), "onnx_checker": "passed"}
         log.info("%s: %s", name, checks[name])
     text_dir = out / "text"
@@ -104,19 +106,19 @@ def _real_scenes(n: int, seed: int = 7) -> list:
     return [world.sample_scene(rng) for _ in range(n)]
 
 
-def _check_vision(cmp: Comparator, model: ArmorModel, g) -> None:
+def _check_vision(cmp: Comparator, model: ArmorModel, g, tokenizer) -> None:
     s = model.mllm.config.vision_config.image_size[0]
     cmp.run(torch.randn(2, 3, s, s, generator=g))
     real = np.stack([preprocess(world.render(sc, s), s) for sc in _real_scenes(2)])
     cmp.run(torch.from_numpy(real))
 
 
-def _check_text_head(cmp: Comparator, model: ArmorModel, g) -> None:
+def _check_text_head(cmp: Comparator, model: ArmorModel, g, tokenizer) -> None:
     h = model.config.hidden_size
     cmp.run(torch.randn(2, 5, h, generator=g), top1_output=0)
 
 
-def _check_visual_head(cmp: Comparator, model: ArmorModel, g) -> None:
+def _check_visual_head(cmp: Comparator, model: ArmorModel, g, tokenizer) -> None:
     cfg = model.config
     heads, h = cfg.adapter_heads, cfg.hidden_size
     past = [torch.zeros(2, heads, 0, h // heads) for _ in range(2 * cfg.adapter_layers)]
@@ -128,7 +130,7 @@ def _check_visual_head(cmp: Comparator, model: ArmorModel, g) -> None:
         present = outs[1:]
 
 
-def _check_vq(cmp: Comparator, model: ArmorModel, g) -> None:
+def _check_vq(cmp: Comparator, model: ArmorModel, g, tokenizer) -> None:
     gh, gw = model.config.image_grid
     cmp.run(torch.randint(0, model.config.n_codes, (2, gh, gw), generator=g))
     res = model.config.vqgan["resolution"]
@@ -137,15 +139,20 @@ def _check_vq(cmp: Comparator, model: ArmorModel, g) -> None:
         cmp.run(model.vqgan.encode(pixels))
 
 
-def _check_decoder(cmp: Comparator, model: ArmorModel, g) -> None:
-    """Prefill + DECODE_STEPS greedy steps; batch 1, then a batch-2 left-padded pair."""
+def _check_decoder(cmp: Comparator, model: ArmorModel, g, tokenizer) -> None:
+    """Prefill + DECODE_STEPS greedy steps: random ids at batch 1 and as a batch-2 left-padded
+    pair, then a real chat prompt (random ids are used when no tokenizer is given)."""
     cfg = model.config
     text = model.mllm.config.text_config
     kv, hd = text.num_key_value_heads, text.hidden_size // text.num_attention_heads
-    lengths_per_case = ([12], [12, 8])
-    for lengths in lengths_per_case:
-        b, t = len(lengths), max(lengths)
-        ids = torch.randint(10, cfg.n_text_vocab, (b, t), generator=g)
+    cases = [torch.randint(10, cfg.n_text_vocab, (1, 12), generator=g),
+             torch.randint(10, cfg.n_text_vocab, (2, 12), generator=g)]
+    if tokenizer is not None:
+        prompt = format_chat([{"role": "user", "content": "draw a large red circle at the top left."}], 0)
+        cases.append(torch.tensor([tokenizer.encode(prompt, add_special_tokens=False).ids]))
+    for ids in cases:
+        b, t = ids.shape
+        lengths = [t] if b == 1 else [t, t - 4]
         mask = torch.zeros(b, t, dtype=torch.long)
         for i, n in enumerate(lengths):
             mask[i, t - n:] = 1  # left padding

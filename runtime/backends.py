@@ -58,6 +58,9 @@ class OrtBackend:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+        # The graphs take turns: spinning workers of one session would steal the cores the next
+        # session needs (measured: 1.3-1.6x more tokens/s on the 2-core CI machine without spinning).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = [p for p in wanted if p in offered]
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=providers)

@@ -2,8 +2,9 @@
 
 Measures, on fixed shapes-world prompts: load time, time to first token (image + question),
 text decode tokens/s (prefill then cached greedy steps, end-of-turn ignored), image tokens/s
-with CFG (whole t2i generations), seconds per image, vision encoder ms, VQ decode ms, peak
-RSS. With `--checkpoint`, the same workloads on the PyTorch reference (eager, same weights)
+with CFG (one grid of guided steps from `<imgbos>`, so random-weight models are measured
+too), end-to-end image tokens/s and seconds per image over whole t2i generations (when the
+model answers with an image), vision encoder ms, VQ decode ms, peak RSS. With `--checkpoint`, the same workloads on the PyTorch reference (eager, same weights)
 in the same process, and the ratios runtime / reference. Writes `bench.json`, `bench.csv`
 (one row per device and precision, so runs on several devices merge into one table) and
 `bench.png`. torch is imported only for `--checkpoint`.
@@ -30,7 +31,7 @@ TEXT_PROMPT = [{"role": "user", "content": "describe the image."}]
 T2I_PROMPTS = ["draw a large red circle at the top left.", "draw a small blue square in the center.",
                "draw a large green triangle at the bottom right and a small yellow circle at the top."]
 CSV_FIELDS = ["device", "precision", "engine", "load_s", "ttft_ms", "text_tokens_per_s", "image_tokens_per_s",
-              "s_per_image", "vision_ms", "vq_decode_ms", "peak_rss_mb"]
+              "image_tokens_per_s_e2e", "s_per_image", "vision_ms", "vq_decode_ms", "peak_rss_mb"]
 
 
 def peak_rss_mb() -> float:
@@ -75,14 +76,32 @@ def bench_runtime(bundle: Path, device: str, steps: int, repeats: int, threads: 
             stream.feed([min(idx, m.space.n_text_vocab - 1)])
         return steps / (time.perf_counter() - t)
 
+    def image_decode():  # one image's worth of CFG steps: batch-2 decoder + adapter per code
+        from runtime.generation import UNCONDITIONAL_MESSAGES, _merge_for_cfg, _Stream, prepare_prompt
+
+        ids, _ = prepare_prompt(m, tok, [{"role": "user", "content": T2I_PROMPTS[0]}])
+        uncond, _ = prepare_prompt(m, tok, UNCONDITIONAL_MESSAGES)
+        t = time.perf_counter()
+        cond = _Stream(m, m.embed(np.asarray([ids + [m.space.img_bos]])), {})
+        stream = _merge_for_cfg(cond, _Stream(m, m.embed(np.asarray([uncond + [m.space.img_bos]])), {}))
+        apast, codes = m.empty_adapter_past(2), []
+        for _ in range(m.grid[0] * m.grid[1]):
+            logits, apast = m.image_logits(stream.last, apast)
+            code = int(np.argmax(logits[1, -1, :m.space.n_codes] + 3.0 * (logits[0, -1] - logits[1, -1])[:m.space.n_codes]))
+            codes.append(code)
+            stream.feed([m.space.n_text_vocab + code])
+        return len(codes) / (time.perf_counter() - t)
+
     text_tps = statistics.median(text_decode() for _ in range(repeats))
-    img_tps, s_img = _image_runs(lambda msgs: [e for e in pipe.generate(msgs, max_new_tokens=4, cfg_scale=3.0)
+    img_tps = statistics.median(image_decode() for _ in range(repeats))
+    e2e_tps, s_img = _image_runs(lambda msgs: [e for e in pipe.generate(msgs, max_new_tokens=4, cfg_scale=3.0)
                                                if isinstance(e, Done)][0],
-                                 lambda done: (done.image_tokens, done.timings["image_s"]))
+                                 lambda done: (done.image_tokens, done.timings["total_s"]))
     pixels = np.stack([preprocess(image, m.vision_size)])
     codes = np.zeros((1, *m.grid), np.int64)
     out = {"engine": "runtime", "load_s": load_s, "ttft_ms": statistics.median(ttft) * 1e3,
            "text_tokens_per_s": text_tps, "image_tokens_per_s": img_tps, "s_per_image": s_img,
+           "image_tokens_per_s_e2e": e2e_tps,
            "vision_ms": _median_ms(lambda: m.encode_images(pixels), repeats * 3),
            "vq_decode_ms": _median_ms(lambda: m.decode_image(codes), repeats * 3), "peak_rss_mb": peak_rss_mb()}
     pipe.close()
@@ -120,7 +139,26 @@ def bench_reference(checkpoint: Path, bundle_dtype: str, steps: int, repeats: in
             stream.feed([min(idx, model.config.n_text_vocab - 1)])
         return steps / (time.perf_counter() - t)
 
+    @torch.no_grad()
+    def image_decode():  # the reference's CFG: two batch-1 streams, adapter per stream
+        from runtime.chat import format_chat
+
+        cfg = model.config
+        enc = lambda msgs: tok.encode(format_chat(msgs, cfg.n_image_tokens), add_special_tokens=False).ids  # noqa: E731
+        t = time.perf_counter()
+        cond = _Stream(model, enc([{"role": "user", "content": T2I_PROMPTS[0]}]) + [cfg.img_bos_id])
+        uncond = _Stream(model, enc([{"role": "user", "content": ""}]) + [cfg.img_bos_id])
+        pc = pu = None
+        for _ in range(cfg.n_grid):
+            lc, pc = model.image_logits(cond.last, pc)
+            lu, pu = model.image_logits(uncond.last, pu)
+            code = int((lu + 3.0 * (lc - lu))[0, -1, :cfg.n_codes].argmax())
+            cond.feed([cfg.code_offset + code])
+            uncond.feed([cfg.code_offset + code])
+        return cfg.n_grid / (time.perf_counter() - t)
+
     text_tps = statistics.median(text_decode() for _ in range(repeats))
+    img_tps = statistics.median(image_decode() for _ in range(repeats))
     n_img = model.config.n_grid + 2
 
     def run_t2i(msgs):
@@ -128,7 +166,7 @@ def bench_reference(checkpoint: Path, bundle_dtype: str, steps: int, repeats: in
         out = generate(model, tok, msgs, max_new_tokens=4, cfg_scale=3.0, sampling=SamplingParams())
         return out, time.perf_counter() - t
 
-    img_tps, s_img = _image_runs(run_t2i, lambda r: (n_img if any(not isinstance(p, str) for p in r[0]) else 0, r[1]))
+    e2e_tps, s_img = _image_runs(run_t2i, lambda r: (n_img if any(not isinstance(p, str) for p in r[0]) else 0, r[1]))
     from runtime.image import preprocess
 
     pixels = torch.from_numpy(np.stack([preprocess(image, size)]))
@@ -138,7 +176,7 @@ def bench_reference(checkpoint: Path, bundle_dtype: str, steps: int, repeats: in
         vq_ms = _median_ms(lambda: model.vqgan.decode(codes), repeats * 3)
     return {"engine": "pytorch", "load_s": load_s, "ttft_ms": statistics.median(ttft) * 1e3,
             "text_tokens_per_s": text_tps, "image_tokens_per_s": img_tps, "s_per_image": s_img,
-            "vision_ms": vision_ms, "vq_decode_ms": vq_ms, "peak_rss_mb": peak_rss_mb()}
+            "image_tokens_per_s_e2e": e2e_tps, "vision_ms": vision_ms, "vq_decode_ms": vq_ms, "peak_rss_mb": peak_rss_mb()}
 
 
 def _image_runs(run, count) -> tuple[float, float]:
@@ -167,7 +205,8 @@ def write_outputs(out: Path, rows: list[dict], meta: dict) -> None:
     rt = next((r for r in rows if r["engine"] == "runtime"), None)
     ref = next((r for r in rows if r["engine"] == "pytorch"), None)
     if rt and ref:
-        ratios = {k: rt[k] / ref[k] for k in ("text_tokens_per_s", "image_tokens_per_s") if ref[k]}
+        ratios = {k: rt[k] / ref[k] for k in ("text_tokens_per_s", "image_tokens_per_s", "image_tokens_per_s_e2e")
+                  if ref[k] and np.isfinite(ref[k])}
         ratios.update({f"{k}_speedup": ref[k] / rt[k] for k in ("ttft_ms", "vision_ms", "vq_decode_ms", "s_per_image")
                        if rt[k]})
     (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows, "ratios": ratios}, indent=2))

@@ -23,7 +23,7 @@ class BundleModel:
     def __init__(self, bundle: Bundle, backends: dict[str, Backend]):
         m = bundle.model
         self.bundle, self.backends = bundle, backends
-        self.table = bundle.embeddings
+        self.table = np.asarray(bundle.embeddings)  # a plain view of the memory map: fast gathers
         ids = m["special_token_ids"]
         self.space = TokenSpace.from_ids(ids, m["n_text_vocab"], m["n_codes"])
         self.image_token_id = ids["image_context"]

@@ -10,7 +10,7 @@ small for the shapes world. No training code here (see train.py).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch

@@ -44,3 +44,14 @@ def test_armor_bench_writes_json_csv_png(random_bundle, random_checkpoint, tmp_p
     assert "text_tokens_per_s" in data["ratios"]
     assert (out / "bench.csv").read_text().startswith("device,precision,engine")
     assert (out / "bench.png").stat().st_size > 0
+
+
+def test_armor_run_on_tiny_answers_with_text_and_an_image(tiny_bundle, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_main([str(tiny_bundle), "--prompt", "draw a picture with 2 shapes and tell me what it shows.",
+                     "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "here is" in printed and "[image 0:" in printed and "timings:" in printed
+    image = Image.open(out / "image_0.png")
+    assert image.size == (64, 64) and image.mode == "RGB"
+    assert not list(out.glob(".*.tmp"))
