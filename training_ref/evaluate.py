@@ -75,6 +75,21 @@ def evaluate(generate_fn, sets: dict[str, list[world.Sample]], label: str = "") 
     return report
 
 
+def vq_ceiling(model, samples: list[world.Sample]) -> dict:
+    """ShapeEval of the VQGAN's reconstructions of the t2i targets: the best generation can do."""
+    import numpy as np
+    import torch
+
+    from runtime.image import pixels_to_image, to_unit_range
+
+    res = model.config.vqgan["resolution"]
+    specs = [s.answer[0] for s in samples]
+    with torch.no_grad():
+        pixels = torch.from_numpy(np.stack([to_unit_range(world.render(sc, res), res) for sc in specs]))
+        recon = model.vqgan.decode(model.vqgan.encode(pixels))
+    return shapeeval.score_t2i(specs, [pixels_to_image(r.numpy()) for r in recon])
+
+
 def main(argv=None) -> int:
     import torch
 
@@ -103,6 +118,8 @@ def main(argv=None) -> int:
         fn = lambda msgs, n: generate(model, tok, msgs, max_new_tokens=n, cfg_scale=args.cfg_scale,  # noqa: E731
                                       sampling=SamplingParams())
         results[name] = evaluate(fn, chosen, name)
+        if "t2i" in chosen:
+            results[name]["vq_reconstruction"] = vq_ceiling(model, chosen["t2i"])
         results[name]["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(results, indent=2))
     if args.json:

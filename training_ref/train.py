@@ -62,7 +62,7 @@ class Stage:
 STAGES = {
     "vq": Stage("vq", ("vqgan",), 0.0, 0.0, (), 1e-3),
     "base": Stage("base", ("vision", "decoder", "original_embeddings", "text_head"), 1.0, 0.0,
-                  (("t2t", 0.2), ("ti2t", 0.8)), 2e-3),
+                  (("t2t", 0.35), ("ti2t", 0.65)), 2e-3),
     "what": Stage("what", ("new_embeddings", "text_head"), 1.0, 0.0,
                   (("t2t", 0.1), ("ti2t", 0.3), ("t2i", 0.3), ("t2ti", 0.3)), 2e-3),
     "how": Stage("how", ("new_embeddings", "adapter", "visual_head"), 0.0, 1.0,

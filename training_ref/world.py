@@ -247,6 +247,8 @@ _OPPOSITES = {"top": "bottom", "bottom": "top", "left": "right", "right": "left"
 
 
 def _make_t2t(rng: np.random.Generator) -> tuple[str, str]:
+    if rng.random() < 0.5:
+        return _make_reading(rng)
     kind = int(rng.integers(10))
     if kind == 0:
         shape = _pick(rng, SHAPES)
@@ -282,6 +284,20 @@ def _make_t2t(rng: np.random.Generator) -> tuple[str, str]:
     return _pick(rng, [("how many cells does the grid have?", "9"),
                        ("how many colours are there in the world?", str(len(COLOURS))),
                        ("how many shapes can a picture hold at most?", "3")])
+
+
+def _make_reading(rng: np.random.Generator) -> tuple[str, str]:
+    """Reading comprehension over a described scene: the VQA questions, asked of a text.
+
+    It teaches the base model to hold a scene description in context (what the frozen decoder
+    must carry to the image positions when the same description is a t2i prompt)."""
+    scene = sample_scene(rng)
+    lead = _pick(rng, [f"{verb} {describe(scene)}." for verb in T2I_VERBS] + [f"the picture shows {describe(scene)}."])
+    while True:
+        qa = vqa_question(rng, scene, _pick(rng, VQA_KINDS))
+        if qa is not None:
+            question = qa[0].replace("in the image", "in the picture").replace("describe the image", "repeat the picture")
+            return f"{lead} {question}", qa[1]
 
 
 def vqa_question(rng: np.random.Generator, scene: Scene, kind: str) -> tuple[str, str] | None:
