@@ -109,11 +109,12 @@ class Settings:
             raise CalibrationError(f"--n-vqa and --n-t2i must be >= 1, got {self.n_vqa} and {self.n_t2i}")
 
 
-def calibrate_bundle(source: str | Path, out: str | Path, settings: Settings = Settings()) -> dict:
+def calibrate_bundle(source: str | Path, out: str | Path, settings: Settings | None = None) -> dict:
     """Quantize the fp32 bundle `source` into the bundle folder `out`; returns the manifest.
 
     Raises CalibrationError for what cannot work and GateError (no manifest written) when the
     accuracy drops beyond the gates and `settings.force` is not set."""
+    settings = settings or Settings()
     settings.check()
     t0 = time.time()
     source, out = Path(source), Path(out)

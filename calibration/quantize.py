@@ -3,10 +3,12 @@
 - `quantize_qdq`: onnxruntime's `quantize_static` in `QuantFormat.QDQ`, weights per channel,
   on the op types a graph keeps its accuracy with (FACTS: every op type destroys a decoder;
   MatMul with a constant weight only holds), ranges calibrated on real feeds (a list of
-  `{input_name: ndarray}`) with minmax, entropy or percentile. Nodes can be excluded by name.
+  `{input_name: ndarray}`) with minmax, entropy or percentile. Nodes can be excluded by name;
+  a calibration cache lets the sensitivity pass re-quantize without re-calibrating.
 - `quantize_weights`: `MatMulNBits` (4 or 8 bits, symmetric, one scale per `block_size`
-  weights along K) for every MatMul whose weight is a constant; activations stay float.
-  onnxruntime 1.32 has a CPU kernel for bits=8 as well as bits=4 (checked by running it).
+  weights along K) for every MatMul whose weight is a constant; the graph's activations stay
+  float (its `accuracy_level` lets the CPU kernel compute in int8, see there). onnxruntime 1.32
+  runs bits=8 as well as bits=4 on CPU (checked by running both).
 
 Graph inputs and outputs keep their float types. This module knows onnxruntime's
 quantization tools and ONNX node types; it knows nothing about bundles, manifests or which
@@ -30,7 +32,6 @@ from calibration.errors import CalibrationError
 log = logging.getLogger(__name__)
 
 METHODS = ("minmax", "entropy", "percentile")
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
 class _Reader:
@@ -94,7 +95,7 @@ def weight_nodes(model: onnx.ModelProto, op_types: tuple[str, ...]) -> list[str]
 def quantize_qdq(src: Path, dst: Path, feeds: list[dict], *, op_types: tuple[str, ...] = ("MatMul",),
                  method: str = "minmax", exclude: list[str] | None = None, symmetric_activations: bool = False,
                  cache: Path | None = None) -> list[str]:
-    """Static INT8 Q/DQ of `src` into `dst` (a single file; the caller moves weights out if large).
+    """Static INT8 Q/DQ of `src` into `dst` (its weights in `dst`.data beside it).
 
     Quantizes the weight-bearing nodes of `op_types` minus `exclude`; returns their names.
     Activations are uint8 asymmetric (onnxruntime's CPU default) or, with
@@ -122,7 +123,8 @@ def quantize_qdq(src: Path, dst: Path, feeds: list[dict], *, op_types: tuple[str
             model, str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, op_types_to_quantize=list(op_types),
             per_channel=True, activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
             weight_type=QuantType.QInt8, nodes_to_quantize=nodes, calibrate_method=_calibration_method(method),
-            extra_options=extra, calibration_cache_path=str(cache) if cache else None)
+            extra_options=extra, calibration_cache_path=str(cache) if cache else None,
+            use_external_data_format=True)  # weights beside the graph: no 2 GiB protobuf limit
     return nodes
 
 
@@ -166,7 +168,8 @@ def quantize_weights(src: Path, dst: Path, *, bits: int = 4, block_size: int = 3
                                           accuracy_level=accuracy_level, op_types_to_quantize=("MatMul",))
     quantizer = MatMulNBitsQuantizer(model, algo_config=config)
     quantizer.process()
-    onnx.save_model(quantizer.model.model, str(dst))
+    onnx.save_model(quantizer.model.model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=dst.name + ".data")  # no 2 GiB protobuf limit
     return nodes
 
 
@@ -174,10 +177,6 @@ def op_counts(path: Path) -> dict[str, int]:
     """How many nodes of each op type a graph has (its weights are not loaded)."""
     model = onnx.load(str(path), load_external_data=False)
     return dict(collections.Counter(n.op_type for n in model.graph.node))
-
-
-def is_quantized(counts: dict[str, int]) -> bool:
-    return any(counts.get(op, 0) for op in (*QDQ_OPS, "MatMulNBits"))
 
 
 def scratch_dir() -> tempfile.TemporaryDirectory:
