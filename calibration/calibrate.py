@@ -8,7 +8,8 @@ Schemes (which graph gets what is decided here, in `PLANS`):
   weight-only `MatMulNBits` instead of staying fp32 (TensorRT cannot run MatMulNBits, so for
   `target="tensorrt"` they stay float and activations are symmetric int8).
 - `int8-weight` / `int4-weight`: weight-only `MatMulNBits` (8 or 4 bits, blocks of
-  `block_size`) on the MatMuls of the decoder and both heads, float activations in the graph
+  `block_size`) on the MatMuls of the decoder and both heads (the heads and the MLP down
+  projections keep 8 bits under int4, see `PLANS`), float activations in the graph
   (the CPU kernel computes in int8 at `accuracy_level` 4, the default: see quantize.py); the
   compute-bound vision encoder and VQ decoder stay fp32 (no int8 gain on a CPU without VNNI).
   The bundle's onnxruntime-genai text path (text/model.onnx) gets the same treatment; it stays
@@ -52,11 +53,14 @@ log = logging.getLogger(__name__)
 
 SCHEMES = ("int8", "int8-weight", "int4-weight")
 TARGETS = ("cpu", "tensorrt")
-# Defaults measured with `python -m calibration.sweep` (int8, no sensitivity pass) on the tiny
-# model trained for understanding (`base` stage), text-mode KL to fp32 on 100 held-out VQA
-# prompts: samples 8/16/32/64/128 -> 7.4e-3/7.3e-3/6.8e-4/5.1e-4/5.1e-4 (minmax); entropy is
-# 4-9x worse at every count (4.3e-3 at 64), percentile (99.999) equal to minmax within noise
-# (4.8e-4 at 64) at 2.4x the time; prompts 4/8/16/32 -> 1.8e-3/7.2e-4/5.1e-4/5.1e-4.
+# Defaults measured with `python -m calibration.sweep` (int8) on the shipped tiny, KL to fp32 of
+# text-mode logits (200 held-out VQA) / image-mode logits (16 held-out t2i):
+#   with the sensitivity pass (the default pipeline), minmax: samples 32 -> 1.7e-3 / 1.1e-2,
+#   64 -> 5.4e-4 / 9.0e-3, 128 -> 5.9e-4 / 6.9e-3; percentile (99.999) within noise of minmax
+#   at 1.4-2x the time; entropy clips what matters: 8.3e-3 / 0.44 at 64 (no sensitivity pass).
+# On the `base` stage model (100 VQA, text KL, minmax, no sensitivity pass): samples
+# 8/16/32/64/128 -> 7.4e-3/7.3e-3/6.8e-4/5.1e-4/5.1e-4; prompts 4/8/16/32 at 64 samples ->
+# 1.8e-3/7.2e-4/5.1e-4/5.1e-4.
 DEFAULT_SAMPLES = 64
 DEFAULT_METHOD = "minmax"
 DEFAULT_PROMPTS = 16
@@ -67,8 +71,16 @@ PLANS: dict[str, dict[str, tuple]] = {
              "text_head": ("qdq", ("MatMul",)), "visual_head": ("qdq", ("MatMul",)),
              "vq_decoder": ("qdq", ("Conv",))},
     "int8-weight": {g: ("nbits", 8) for g in ("decoder", "text_head", "visual_head", "text_model")},
-    "int4-weight": {g: ("nbits", 4) for g in ("decoder", "text_head", "visual_head", "text_model")},
+    # int4 keeps 8 bits for the output heads and the MLP down projections (as llama.cpp's Q4_K_M
+    # keeps its output layer and ffn_down at more bits; down_proj is also what the int8
+    # sensitivity pass finds). Trained tiny, 200 held-out VQA (fp32 51.0%), text/image-mode
+    # top-1 (KL) against fp32: all 4-bit 0.917 (9.2e-3) / 0.798 (9.6e-2); 8-bit heads 0.978
+    # (6.6e-4) / 0.891 (3.1e-2), VQA 48.5%; + 8-bit down_proj 0.986 (7.3e-4) / 0.932 (1.0e-2),
+    # VQA 50.0%. (Block 16 or asymmetric scales instead: image KL 2.6e-2 / 2.8e-2.)
+    "int4-weight": {"decoder": ("nbits", 4), "text_head": ("nbits", 8), "visual_head": ("nbits", 8),
+                    "text_model": ("nbits", 4)},
 }
+INT4_KEEPS_8_BITS = ("/lm_head/", "/mlp/down_proj/")  # node-name parts (Qwen2 / Llama names)
 
 
 @dataclass
@@ -84,7 +96,11 @@ class Settings:
     target: str = "cpu"  # int8: "cpu" (uint8 activations) or "tensorrt" (int8 symmetric, pure Q/DQ)
     exclude: list[str] = field(default_factory=list)  # int8: node names kept out of Q/DQ
     sensitivity: bool = True  # int8: keep the nodes that hurt most out of Q/DQ (sensitivity.py)
-    n_vqa: int = 40
+    # Held-out prompts for the end-to-end scores. One VQA answer in 40 is 2.5 points, more than
+    # the 2-point gate, so 40 would refuse any single flipped answer: 200 (0.5 points) costs ~1.5 s
+    # more on tiny (short answers). A t2i prompt costs a whole CFG image: 40 (2.5 points per image
+    # against a 3-point gate) keeps a run short; --n-t2i 200 for a release.
+    n_vqa: int = 200
     n_t2i: int = 40
     max_shapeeval_drop: float = 3.0  # points
     max_vqa_drop: float = 2.0  # points
@@ -193,8 +209,12 @@ def _quantize_graph(src: Bundle, out: Path, name: str, kind: str, arg, feeds: li
             extra["weight_only_nodes"] = [n for n in kept_out if n in matmuls]
         extra["float_nodes"] = [n for n in kept_out if n not in extra.get("weight_only_nodes", ())]
     else:
+        matmuls = weight_nodes(onnx.load(str(path), load_external_data=False), ("MatMul",))
+        eight_bit = tuple(n for n in matmuls if any(p in n for p in INT4_KEEPS_8_BITS)) if arg < 8 else ()
         nodes = quantize_weights(path, raw, bits=arg, block_size=settings.block_size,
-                                 accuracy_level=settings.accuracy_level)
+                                 accuracy_level=settings.accuracy_level, eight_bit=eight_bit)
+        if eight_bit:
+            extra["eight_bit_nodes"] = list(eight_bit)
     written = _save_graph(raw, out / rel)
     precision = _precision(kind, arg)
     files = {str(p.relative_to(out)): {"role": name if i == 0 else f"{name}.weights", "dtype": "fp32",
@@ -284,11 +304,11 @@ def _manifest(src: Bundle, out: Path, files: dict, settings: Settings, details: 
         graph["precision"] = details.get(name, {}).get("precision", "fp32")
     manifest["verification"] = {**manifest.get("verification", {}),
                                 "scope": "the fp32 source bundle against PyTorch; see `accuracy` for this bundle"}
-    settings_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()
+    settings_dict = {k: (str(v.resolve()) if isinstance(v, Path) else v) for k, v in asdict(settings).items()
                      if k not in ("progress", "overwrite")}
     manifest["calibration"] = {
         "calibrator": f"armor-calibrate {__version__}", "onnxruntime": _ort_version(), **settings_dict,
-        "source_bundle": str(src.path), "source_manifest_sha256": sha256(src.path / MANIFEST_FILE),
+        "source_bundle": str(src.path.resolve()), "source_manifest_sha256": sha256(src.path / MANIFEST_FILE),
         "checkpoint": str(checkpoint) if checkpoint else None, "graphs": details,
     }
     return manifest

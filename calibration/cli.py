@@ -3,7 +3,7 @@
     armor-calibrate bundles/tiny --out bundles/tiny-int8 [--scheme int8|int8-weight|int4-weight]
                     [--samples N] [--prompts N] [--method minmax|entropy|percentile] [--block-size 32]
                     [--accuracy-level 4] [--target cpu|tensorrt] [--no-sensitivity] [--exclude NODE ...]
-                    [--images DIR] [--checkpoint DIR] [--n-vqa 40] [--n-t2i 40]
+                    [--images DIR] [--checkpoint DIR] [--n-vqa 200] [--n-t2i 40]
                     [--max-shapeeval-drop 3] [--max-vqa-drop 2] [--force] [--overwrite]
 
 Prints the accuracy report. Exits 1 with one line (and writes no manifest) when a gate fails
@@ -50,9 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-sensitivity", action="store_true",
                    help="int8: skip the sensitivity pass (each node's damage measured, the worst kept out of Q/DQ); "
                         "its cost grows with the number of nodes")
-    p.add_argument("--exclude", nargs="*", default=[], metavar="NODE", help="int8: node names to leave in float")
-    p.add_argument("--n-vqa", type=int, default=40, help="held-out VQA prompts for the report (e.g. 200)")
-    p.add_argument("--n-t2i", type=int, default=40, help="held-out t2i prompts for the report (e.g. 200)")
+    p.add_argument("--exclude", nargs="*", default=[], metavar="NODE", help="int8: node names to keep out of Q/DQ (as --target decides)")
+    p.add_argument("--n-vqa", type=int, default=200, help="held-out VQA prompts for the report (default 200)")
+    p.add_argument("--n-t2i", type=int, default=40, help="held-out t2i prompts for the report (default 40; "
+                                                        "200 for a release)")
     p.add_argument("--max-shapeeval-drop", type=float, default=3.0, help="gate, in points (default 3)")
     p.add_argument("--max-vqa-drop", type=float, default=2.0, help="gate, in points (default 2)")
     p.add_argument("--force", action="store_true", help="write the bundle even when a gate fails")

@@ -144,9 +144,11 @@ def _nbits_module():
     return matmul_nbits_quantizer
 
 
-def quantize_weights(src: Path, dst: Path, *, bits: int = 4, block_size: int = 32,
-                     accuracy_level: int = 4) -> list[str]:
+def quantize_weights(src: Path, dst: Path, *, bits: int = 4, block_size: int = 32, accuracy_level: int = 4,
+                     eight_bit: tuple[str, ...] = ()) -> list[str]:
     """Weight-only `MatMulNBits` of every constant-weight MatMul of `src` into `dst`; returns their names.
+
+    The nodes named in `eight_bit` get 8 bits whatever `bits` is (an output head in a 4-bit graph).
 
     `accuracy_level` is the node's minimum compute precision (0 unset, 1 fp32, 2 fp16,
     3 bf16, 4 int8). The graph's activations stay float either way; with 4 the CPU kernel
@@ -164,11 +166,15 @@ def quantize_weights(src: Path, dst: Path, *, bits: int = 4, block_size: int = 3
         raise CalibrationError(f"--block-size must be a power of two >= 16, got {block_size}")
     model = onnx.load(str(src))
     nodes = weight_nodes(model, ("MatMul",))
-    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, bits=bits,
-                                          accuracy_level=accuracy_level, op_types_to_quantize=("MatMul",))
-    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
-    quantizer.process()
-    onnx.save_model(quantizer.model.model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+    eight_bit = tuple(n for n in eight_bit if n in nodes)
+    passes = [(8, [n for n in nodes if n not in eight_bit]), (bits, [])] if eight_bit and bits != 8 else [(bits, [])]
+    for n_bits, skip in passes:  # a node made MatMulNBits by the first pass is no MatMul for the second
+        config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, bits=n_bits,
+                                              accuracy_level=accuracy_level, op_types_to_quantize=("MatMul",))
+        quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=skip, algo_config=config)
+        quantizer.process()
+        model = quantizer.model.model
+    onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=dst.name + ".data")  # no 2 GiB protobuf limit
     return nodes
 

@@ -18,6 +18,7 @@ generation loop; it knows nothing about quantization or manifests.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -213,7 +214,17 @@ def vq_samples(grids: list[np.ndarray]) -> list[Feeds]:
 
 
 def load_vqgan(checkpoint: Path):
-    """The VQGAN (PyTorch, eval mode) of an ARMOR checkpoint folder; the language model is not loaded."""
+    """The VQGAN (PyTorch, eval mode) of an ARMOR checkpoint folder; the language model is not loaded.
+
+    Cached per file version: calibration and the accuracy report both encode pictures with it."""
+    from runtime.constants import VQGAN_FILE
+
+    path = Path(checkpoint) / VQGAN_FILE
+    return _load_vqgan(str(Path(checkpoint).resolve()), path.stat().st_mtime_ns if path.exists() else 0)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_vqgan(checkpoint: str, mtime_ns: int):
     from safetensors.torch import load_file
 
     from runtime.constants import VQGAN_FILE

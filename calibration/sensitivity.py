@@ -4,7 +4,7 @@ For one graph and its calibration feeds: quantize every candidate node (the rang
 calibrated once and cached), score the graph's first output against fp32 on a slice of the
 feeds; if the score misses the graph's target, quantize each node *alone* to measure its own
 damage, then leave the worst nodes in float, one at a time, until the target is met or a
-quarter of the nodes are excluded; the shortest such list with the best score is kept (none
+third of the nodes are excluded; the shortest such list with the best score is kept (none
 when no exclusion helps). Scores: top-1 agreement for the heads' logits, cosine for
 hidden states, embeddings and pixels.
 
@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 # graph -> (score, target): what "keeps accuracy" means for its first output
 TARGETS = {"decoder": ("cosine", 0.9995), "text_head": ("top1", 0.99), "visual_head": ("top1", 0.99),
            "vision_encoder": ("cosine", 0.9995), "vq_decoder": ("cosine", 0.9995)}
-MAX_EXCLUDED_FRACTION = 0.25
-EVAL_FEEDS = 16
+MAX_EXCLUDED_FRACTION = 1 / 3
+EVAL_FEEDS = 32
 
 
 def _session(path: Path):
@@ -74,7 +74,7 @@ def sensitivity_pass(graph: str, src: Path, feeds: list[dict], tmp: Path, *, op_
         solo[node] = 1.0 - run([n for n in candidates if n != node])  # only `node` quantized
     ranked = sorted(candidates, key=solo.get, reverse=True)
     scores = [all_quantized]  # scores[k]: the k worst nodes in float
-    for k in range(1, max(1, int(MAX_EXCLUDED_FRACTION * len(candidates))) + 1):
+    for k in range(1, max(1, round(MAX_EXCLUDED_FRACTION * len(candidates))) + 1):
         scores.append(run(ranked[:k]))
         if scores[-1] >= target:
             break

@@ -261,7 +261,8 @@ def main(argv=None) -> int:
     try:
         from runtime.bundle import open_bundle
 
-        precision = open_bundle(args.bundle, verify_hashes=False).dtype
+        manifest = open_bundle(args.bundle, verify_hashes=False).manifest
+        precision = manifest.get("calibration", {}).get("scheme") or manifest["dtype"]
         rows = []
         for name in tqdm(["runtime"] + (["pytorch"] if args.checkpoint else []), desc="bench"):
             if name == "runtime":

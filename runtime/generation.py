@@ -80,7 +80,7 @@ class _Stream:
 
     def __init__(self, model, embeds: np.ndarray, timer: dict):
         self.model, self.timer = model, timer
-        b, t = embeds.shape[:2]
+        b = embeds.shape[0]
         self.mask = np.ones((b, 0), np.int64)
         self.next_pos = np.zeros(b, np.int64)
         self.past = model.empty_past(b)

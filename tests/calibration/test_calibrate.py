@@ -96,7 +96,10 @@ def test_scheme_graphs_hold_quantized_nodes(quantized):
             assert ("MatMulNBits" in ops) == bool(record.get("weight_only_nodes")), name
         else:
             bits = {a.i for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
-            assert bits == {arg}, (name, bits)
+            assert bits == ({4, 8} if name in ("decoder", "text_model") and arg == 4 else {arg}), (name, bits)
+            if arg == 4:  # the MLP down projections (and the text model's lm_head) keep 8 bits
+                eight = manifest["calibration"]["graphs"][name]["eight_bit_nodes"]
+                assert eight and all("down_proj" in n or "lm_head" in n for n in eight)
     for name in set(manifest["graphs"]) - set(PLANS[scheme]):  # untouched graphs are byte-identical copies
         assert manifest["files"][f"{name}.onnx"]["precision"] == "fp32"
 
@@ -124,7 +127,7 @@ def test_scheme_manifest_carries_precision_and_report(quantized, random_bundle):
         assert acc["graphs"]["vq_decoder"]["psnr_db"] > 20 and acc["graphs"]["vision_encoder"]["cosine"] > 0.99
         assert acc["graphs"]["text_model"] == {"unchanged": True}
     else:  # the onnxruntime-genai text path gets the same weight-only treatment
-        assert manifest["files"]["text/model.onnx"]["precision"] == f"int{PLANS[scheme]['decoder'][1]}-weight"
+        assert manifest["files"]["text/model.onnx"]["precision"] == f"int{PLANS[scheme]['text_model'][1]}-weight"
         assert 0 <= acc["graphs"]["text_model"]["top1_agreement"] <= 1
 
 
@@ -161,10 +164,16 @@ def test_bad_inputs_are_one_clear_error(quantized, random_bundle, tmp_path, caps
                     reason=f"the shipped tiny checkpoint is not committed yet ({SHIPPED_TINY})")
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_tiny_bundle_within_the_gates(scheme, tiny_bundle, tmp_path):
+    """The defaults on the trained model: the gates hold (measured: VQA drop -2.0 / -0.5 / +1.0
+    points of 51.0 for int8 / int8-weight / int4-weight; text-mode top-1 0.96 / 0.99 / 0.99,
+    image-mode 0.94 / 0.98 / 0.93), and the quantized bundle still draws."""
     manifest = calibrate_bundle(tiny_bundle, tmp_path / scheme, Settings(scheme=scheme, progress=False))
     acc = manifest["accuracy"]
     assert acc["gates"]["passed"], acc["gates"]
-    assert acc["graphs"]["text_mode"]["top1_agreement"] > 0.9 and acc["graphs"]["image_mode"]["top1_agreement"] > 0.5
+    assert acc["graphs"]["text_mode"]["top1_agreement"] > 0.9 and acc["graphs"]["image_mode"]["top1_agreement"] > 0.85
+    with ArmorPipeline.load(tmp_path / scheme) as pipe:
+        parts = pipe.chat([{"role": "user", "content": "draw a large red circle at the center."}], max_new_tokens=8)
+    assert any(isinstance(p, Image.Image) for p in parts)
 
 
 def test_tensorrt_target_is_pure_symmetric_qdq(random_bundle, tmp_path):
