@@ -21,6 +21,7 @@ from pathlib import Path
 
 import onnx
 import torch
+from google.protobuf.message import EncodeError
 import torch.nn as nn
 from transformers import DynamicCache
 
@@ -141,7 +142,7 @@ def save_onnx(proto: onnx.ModelProto, path: Path) -> list[Path]:
 def _byte_size(proto: onnx.ModelProto) -> float:
     try:
         return proto.ByteSize()
-    except (ValueError, OverflowError):  # past protobuf's 2 GiB limit
+    except (ValueError, OverflowError, EncodeError):  # past protobuf's 2 GiB limit
         return float("inf")
 
 

@@ -113,3 +113,28 @@ def test_not_enough_disk_is_refused(random_checkpoint, tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="not enough disk space"):
         export_bundle(random_checkpoint, tmp_path / "b", progress=False)
     assert not (tmp_path / "b").exists()
+
+
+def test_graphs_past_protobufs_2gib_limit_go_to_external_data(tmp_path, monkeypatch):
+    """proxy-1b's text model is > 2 GiB: ByteSize() raises EncodeError, so weights go external."""
+    from google.protobuf.message import EncodeError
+    from onnx import TensorProto, helper, numpy_helper
+    import numpy as np
+
+    import armor_export.graphs as graphs
+
+    w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [w])
+    proto = helper.make_model(g)
+
+    def too_big(_):
+        raise EncodeError("Failed to serialize proto")
+
+    monkeypatch.setattr(graphs, "_byte_size", lambda p: graphs.EXTERNAL_DATA_BYTES + 1)
+    files = graphs.save_onnx(proto, tmp_path / "m.onnx")
+    assert [f.name for f in files] == ["m.onnx", "m.onnx.data"]
+    monkeypatch.undo()
+    monkeypatch.setattr(type(proto), "ByteSize", too_big)
+    assert graphs._byte_size(proto) == float("inf")
