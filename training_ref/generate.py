@@ -25,15 +25,13 @@ from transformers import DynamicCache
 
 from runtime.chat import format_chat
 from runtime.errors import InputError, SamplingError
+from runtime.generation import UNCONDITIONAL_MESSAGES
 from runtime.image import pixels_to_image, preprocess
 from runtime.sampling import Sampler, SamplingParams
 from runtime.switch import ForwardSwitch, Mode, TokenSpace
 from training_ref.model import ArmorModel
 
 log = logging.getLogger(__name__)
-
-UNCONDITIONAL_MESSAGES = [{"role": "user", "content": ""}]
-
 
 def token_space(model: ArmorModel) -> TokenSpace:
     c = model.config
