@@ -52,7 +52,8 @@ def model_summary(model: ArmorModel) -> dict:
         "n_new": cfg.n_new, "vocab_size": cfg.vocab_size, "image_grid": list(cfg.image_grid),
         "image_size": cfg.vqgan["resolution"], "vision_image_size": model.mllm.config.vision_config.image_size[0],
         "n_image_tokens": cfg.n_image_tokens, "adapter_layers": cfg.adapter_layers,
-        "adapter_heads": cfg.adapter_heads, "context_length": cfg.context_length,
+        "adapter_heads": cfg.adapter_heads, "adapter_context_start": model.adapter.context_start,
+        "context_length": cfg.context_length, "cfg_scale": cfg.cfg_scale,
         "special_token_ids": cfg.to_dict()["special_token_ids"],
         "parameters": sum(p.numel() for p in model.parameters()),
     }
@@ -72,7 +73,8 @@ def examples(model: ArmorModel, summary: dict) -> dict[str, tuple]:
         "decoder": (torch.randn(b, t, h, generator=g), torch.ones(b, p + t, dtype=torch.long),
                     torch.arange(p, p + t).expand(b, t).contiguous(), *past),
         "text_head": (torch.randn(b, t, h, generator=g),),
-        "visual_head": (torch.randn(b, t, h, generator=g),
+        "visual_head": (torch.randn(b, t, h, generator=g), torch.ones(b, p + t, dtype=torch.long),
+                        torch.arange(1, 1 + t).expand(b, t).contiguous(),
                         *[torch.randn(ad, generator=g) for _ in range(2 * summary["adapter_layers"])]),
         "vq_decoder": (torch.randint(0, summary["n_codes"], (b, gh, gw), generator=g),),
     }

@@ -78,9 +78,9 @@ class VisualHeadGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, hidden_states, *past):
+    def forward(self, hidden_states, attention_mask, position_ids, *past):
         pairs = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
-        logits, present = self.model.image_logits(hidden_states, pairs)  # [B, T, n_codes + 2]
+        logits, present = self.model.image_logits(hidden_states, position_ids, pairs, attention_mask)  # [B, T, n_codes + 2]
         return (logits, *[t for kv in present for t in kv])
 
 

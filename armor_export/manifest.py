@@ -53,15 +53,32 @@ def write_manifest(out: Path, manifest: dict) -> Path:
     return out / MANIFEST_FILE
 
 
-def convert_fp16(path: Path) -> list[Path]:
+PROTOBUF_LIMIT = 2**31 - 1  # bytes: a larger ModelProto cannot be serialized in one piece
+
+
+def convert_fp16(path: Path, infer_on_disk: bool | None = None) -> list[Path]:
     """Convert a float32 graph to float16 weights, compute and float I/O, in place.
 
     Normalisation statistics and softmax stay float32 inside the graph (onnxruntime's
-    converter blocks those ops); int64 inputs (ids, masks, codes) are untouched."""
+    converter blocks those ops); int64 inputs (ids, masks, codes) are untouched. The
+    converter's own shape inference serializes the whole model, which fails past protobuf's
+    2 GiB; such graphs (or `infer_on_disk=True`) get their shapes from
+    `onnx.shape_inference.infer_shapes_path`, which reads the external data from disk."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    proto = onnx.load(str(path))
-    proto = convert_float_to_float16(proto, keep_io_types=False, disable_shape_infer=False,
+    path = Path(path)
+    if infer_on_disk is None:
+        infer_on_disk = sum(f.stat().st_size for f in path.parent.glob(path.name + "*")) > PROTOBUF_LIMIT
+    if infer_on_disk:
+        shaped = path.with_name(path.stem + ".shapes.onnx")  # beside the graph: its external data stays valid
+        try:
+            onnx.shape_inference.infer_shapes_path(str(path), str(shaped))
+            proto = onnx.load(str(shaped))
+        finally:
+            shaped.unlink(missing_ok=True)
+    else:
+        proto = onnx.load(str(path))
+    proto = convert_float_to_float16(proto, keep_io_types=False, disable_shape_infer=infer_on_disk,
                                      op_block_list=["LayerNormalization", "SimplifiedLayerNormalization",
                                                     "ReduceMean", "Pow", "Sqrt", "Softmax",
                                                     "InstanceNormalization", "GroupNormalization"])

@@ -34,7 +34,7 @@ from runtime.generation import prepare_prompt
 from runtime.image import preprocess
 from runtime.pipeline import ArmorPipeline
 from training_ref import world
-from training_ref.evaluate import DEFAULT_CFG_SCALE, evaluation_sets, messages_for, score_outputs
+from training_ref.evaluate import evaluation_sets, messages_for, score_outputs
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,11 @@ def image_mode_logits(model: BundleModel, tokenizer, samples: list[world.Sample]
     for s, grid in zip(samples, grids):
         prompt, _ = prepare_prompt(model, tokenizer, messages_for(s))
         ids = prompt + [space.img_bos] + [space.image_index_to_id(int(c)) for c in np.asarray(grid).ravel()]
-        hidden = _hidden(model, ids, [])
-        logits, _ = model.image_logits(hidden[:, len(prompt): len(prompt) + n], model.empty_adapter_past(1))
-        rows.append(logits[0, :, : space.n_codes + 1])  # <imgpad> is never sampled
+        hidden = _hidden(model, ids, [])[:, : len(prompt) + n]  # context, `<imgbos>`, codes but the last
+        pos = np.concatenate([model.context_start + np.arange(len(prompt)), np.arange(n)])[None].astype(np.int64)
+        mask = np.ones(pos.shape, np.int64)
+        logits, _ = model.image_logits(hidden, mask, pos, model.empty_adapter_past(1))
+        rows.append(logits[0, len(prompt):, : space.n_codes + 1])  # <imgpad> is never sampled
     return np.concatenate(rows)
 
 
@@ -171,7 +173,7 @@ def end_to_end(pipe: ArmorPipeline, sets: dict, label: str, progress: bool = Tru
     """VQA accuracy and ShapeEval of the runtime's answers on the held-out sets."""
     out, t0 = {}, time.perf_counter()
     for kind, samples in sets.items():
-        answers = [pipe.chat(messages_for(s), max_new_tokens=BUDGETS[kind], cfg_scale=DEFAULT_CFG_SCALE)
+        answers = [pipe.chat(messages_for(s), max_new_tokens=BUDGETS[kind])  # the model's default guidance
                    for s in tqdm(samples, desc=f"evaluation: {label} {kind}", disable=not progress)]
         out[kind] = score_outputs(kind, samples, answers)
     return {"vqa_accuracy": out["vqa"]["vqa_accuracy"], "shapeeval_all_correct": out["t2i"]["all_correct"],
@@ -207,5 +209,5 @@ def report(ref: ArmorPipeline, test: ArmorPipeline, *, n_vqa: int, n_t2i: int, g
     quant = end_to_end(test, sets, "quantized", progress)
     return {"graphs": graphs,
             "end_to_end": {"fp32": fp32, "quantized": quant, "n_vqa": n_vqa, "n_t2i": n_t2i,
-                           "cfg_scale": DEFAULT_CFG_SCALE, "max_new_tokens": BUDGETS},
+                           "cfg_scale": ref.model.cfg_scale, "max_new_tokens": BUDGETS},
             "gates": gates(fp32, quant, max_shapeeval_drop, max_vqa_drop)}

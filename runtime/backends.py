@@ -5,6 +5,16 @@ context manager. `OrtBackend` serves `device="cpu"`, `"cuda"` (CUDA EP) and `"te
 (TensorRT EP), each only where the installed onnxruntime offers the provider *and* the
 session really gets it; otherwise one clear sentence. onnxruntime is imported lazily, so
 importing the runtime costs nothing until a bundle is opened. No generation logic here.
+
+`OrtBackend.run_bound` is the IO-binding path: inputs may be numpy arrays or
+`onnxruntime.OrtValue`s, the outputs named in `keep` come back as OrtValues left where the
+session put them (CPU memory, or the CUDA device for "cuda"/"tensorrt"), so a KV cache can
+go straight back in as the next step's input; the other outputs come back as numpy. What it
+buys: on a GPU, the device -> host -> device round trip of the whole cache every step. On
+CPU nothing to save (onnxruntime 1.32's `run` already hands CPU outputs over as numpy views
+of its own buffers, no copy), only Python-side binding calls to pay. Either way the graph
+itself still writes a new, one-longer `present` every step (its Concat), which no binding
+avoids.
 """
 
 from __future__ import annotations
@@ -24,6 +34,8 @@ DEVICES = {
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+# The OrtDevice type of the memory each device's EP computes in (the TensorRT EP uses CUDA memory).
+MEMORY = {"cpu": "cpu", "cuda": "cuda", "tensorrt": "cuda"}
 
 
 class DeviceError(ArmorError):
@@ -72,10 +84,35 @@ class OrtBackend:
         self.device = device
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # The EP's device id (its provider option, "0" unless the session was told otherwise).
+        options = self.session.get_provider_options().get(self.session.get_providers()[0], {})
+        self.memory = (MEMORY[device], int(options.get("device_id", 0)))
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         names = outputs or self.output_names
         return dict(zip(names, self.session.run(names, feeds)))
+
+    def run_bound(self, feeds: dict, keep: list[str] = ()) -> dict:
+        """Run with an IO binding. `feeds` values: numpy arrays or OrtValues (e.g. a `keep`
+        output of an earlier call). Returns every output: those in `keep` as OrtValues in the
+        session's device memory (ORT allocates them), the rest as numpy."""
+        import onnxruntime as ort
+
+        keep = set(keep)
+        if keep - set(self.output_names):
+            raise ValueError(f"not outputs of this graph: {', '.join(sorted(keep - set(self.output_names)))}")
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in self.output_names:  # numpy outputs straight to host memory: no second copy on a GPU
+            binding.bind_output(name, *(self.memory if name in keep else ("cpu", 0)))
+        self.session.run_with_iobinding(binding)
+        # get_outputs() follows the binding order; .numpy() of a host OrtValue is a view that keeps it alive
+        return {name: v if name in keep else v.numpy()
+                for name, v in zip(self.output_names, binding.get_outputs())}
 
     def close(self) -> None:
         self.session = None

@@ -29,9 +29,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--cfg-scale", type=float, default=3.0, help="classifier-free guidance for images (1 = off)")
+    p.add_argument("--cfg-scale", type=float, help="classifier-free guidance for images (1 = off; "
+                   "default: the model's, from the bundle manifest)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="budget of text tokens")
     p.add_argument("--threads", type=int, help="intra-op threads per graph")
+    p.add_argument("--io-binding", action="store_true",
+                   help="keep the decoder's KV cache in ONNX Runtime memory between steps (IO binding)")
     p.add_argument("--no-verify-hashes", action="store_true", help="skip the sha256 check (slow storage)")
     return p.parse_args(argv)
 
@@ -48,7 +51,7 @@ def main(argv=None) -> int:
             if not p.is_file():
                 raise InputError(f"image file not found: {p}")
         with ArmorPipeline.load(args.bundle, device=args.device, verify_hashes=not args.no_verify_hashes,
-                                threads=args.threads) as pipe:
+                                threads=args.threads, io_binding=args.io_binding) as pipe:
             bar, saved = None, []
             for event in pipe.generate([{"role": "user", "content": content}], max_new_tokens=args.max_new_tokens,
                                        cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,

@@ -32,8 +32,8 @@ MANIFEST_FILE = "manifest.json"
 EMBEDDINGS_FILE = "embeddings.npy"
 
 CHECKPOINT_FORMAT = "armor-checkpoint"
-CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 2  # 2: the adapter reads the image's context (one more position row)
 
 BUNDLE_FORMAT = "armor-bundle"
-BUNDLE_SCHEMA_VERSION = 1
+BUNDLE_SCHEMA_VERSION = 2  # 2: visual_head takes attention_mask + position_ids (the context)
 GENAI_CONFIG_FILE = "genai_config.json"  # onnxruntime-genai's config, in the bundle's text/

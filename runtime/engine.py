@@ -5,6 +5,12 @@ embed (a gather from the memory-mapped table), encode_images, decode, text_logit
 image_logits, decode_image. It casts floats to the bundle's dtype at the graph edges and
 returns float32. It knows graph names and dtypes; it knows nothing about modes, sampling or
 guidance (generation.py), and nothing about which engine runs a graph (backends.py).
+
+With `io_binding=True` the decoder runs through the backend's IO-binding path
+(`OrtBackend.run_bound`): `decode` then returns the cache as `onnxruntime.OrtValue`s on the
+session's device and takes them (or numpy, e.g. `empty_past`) back, so the cache does not
+pass through numpy between steps (an OrtValue's `.numpy()` gives a host copy where a caller
+must slice or concatenate it). The default (False) keeps every cache in numpy.
 """
 
 from __future__ import annotations
@@ -20,9 +26,12 @@ GRAPHS = ("vision_encoder", "decoder", "text_head", "visual_head", "vq_decoder")
 
 
 class BundleModel:
-    def __init__(self, bundle: Bundle, backends: dict[str, Backend]):
+    def __init__(self, bundle: Bundle, backends: dict[str, Backend], io_binding: bool = False):
         m = bundle.model
-        self.bundle, self.backends = bundle, backends
+        self.bundle, self.backends, self.io_binding = bundle, backends, io_binding
+        if io_binding and not hasattr(backends["decoder"], "run_bound"):
+            raise ValueError(f"io_binding needs a backend with run_bound; the decoder's is "
+                             f"{type(backends['decoder']).__name__}")
         self.table = np.asarray(bundle.embeddings)  # a plain view of the memory map: fast gathers
         ids = m["special_token_ids"]
         self.space = TokenSpace.from_ids(ids, m["n_text_vocab"], m["n_codes"])
@@ -30,7 +39,9 @@ class BundleModel:
         self.n_image_tokens = m["n_image_tokens"]
         self.vision_size = m["vision_image_size"]
         self.grid = tuple(m["image_grid"])
+        self.context_start = m["adapter_context_start"]
         self.context_length = m["context_length"]
+        self.cfg_scale = m["cfg_scale"]  # the model's default guidance
         self.n_layers, self.adapter_layers = m["n_layers"], m["adapter_layers"]
         self.kv_shape = (m["n_kv_heads"], m["head_dim"])
         self.adapter_shape = (m["adapter_heads"], m["hidden_size"] // m["adapter_heads"])
@@ -39,7 +50,8 @@ class BundleModel:
         self._apast, self._apresent = past_names(self.adapter_layers), present_names(self.adapter_layers)
 
     @classmethod
-    def open(cls, bundle: Bundle, device: str = "cpu", threads: int | None = None) -> "BundleModel":
+    def open(cls, bundle: Bundle, device: str = "cpu", threads: int | None = None,
+             io_binding: bool = False) -> "BundleModel":
         backends = {}
         try:
             for g in GRAPHS:
@@ -48,7 +60,7 @@ class BundleModel:
             for b in backends.values():
                 b.close()
             raise
-        return cls(bundle, backends)
+        return cls(bundle, backends, io_binding)
 
     def close(self) -> None:
         for b in self.backends.values():
@@ -70,18 +82,22 @@ class BundleModel:
         out = self.backends["vision_encoder"].run({"pixel_values": pixels.astype(self.float)})
         return out["image_embeds"]  # [N, n_img, H]
 
-    def decode(self, embeds: np.ndarray, mask: np.ndarray, pos: np.ndarray, past: list[np.ndarray]):
-        """-> (hidden [B, T, H], present list), the cache in the declared layout [B, kv, S, D]."""
+    def decode(self, embeds: np.ndarray, mask: np.ndarray, pos: np.ndarray, past: list):
+        """-> (hidden [B, T, H], present list), the cache in the declared layout [B, kv, S, D]:
+        numpy, or OrtValues with `io_binding` (`past` may be either)."""
         feeds = {"inputs_embeds": embeds.astype(self.float, copy=False), "attention_mask": mask,
                  "position_ids": pos, **dict(zip(self._past, past))}
-        out = self.backends["decoder"].run(feeds)
+        decoder = self.backends["decoder"]
+        out = decoder.run_bound(feeds, keep=self._present) if self.io_binding else decoder.run(feeds)
         return out["hidden_states"], [out[n] for n in self._present]
 
     def text_logits(self, hidden: np.ndarray) -> np.ndarray:
         return self.backends["text_head"].run({"hidden_states": hidden})["text_logits"].astype(np.float32)
 
-    def image_logits(self, hidden: np.ndarray, past: list[np.ndarray]):
-        out = self.backends["visual_head"].run({"hidden_states": hidden, **dict(zip(self._apast, past))})
+    def image_logits(self, hidden: np.ndarray, mask: np.ndarray, pos: np.ndarray, past: list[np.ndarray]):
+        """hidden [B, T, H], mask [B, P+T], adapter positions [B, T] -> (logits [B, T, n_codes + 2], present)."""
+        feeds = {"hidden_states": hidden, "attention_mask": mask, "position_ids": pos, **dict(zip(self._apast, past))}
+        out = self.backends["visual_head"].run(feeds)
         return out["image_logits"].astype(np.float32), [out[n] for n in self._apresent]
 
     def decode_image(self, codes: np.ndarray) -> np.ndarray:

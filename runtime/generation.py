@@ -3,13 +3,18 @@
 It knows token ids, embeddings and KV caches as numpy arrays in the declared layout
 [batch, heads, sequence, head_dim]; it talks to a model object with the calls of
 `engine.BundleModel` (embed, encode_images, decode, text_logits, image_logits,
-decode_image, empty_past, empty_adapter_past) and knows nothing about backends.
+decode_image, empty_past, empty_adapter_past) and knows nothing about backends. A decoder
+cache may also come back as opaque values with `.numpy()` (the engine's IO-binding path):
+the loop only hands them back to `decode`, and takes them to numpy where it slices or
+concatenates a cache (an image's start and end).
 
 TEXT: the text head on the last position only. `<imgbos>` -> IMAGE: the conditional stream
 takes `<imgbos>`; the unconditional prompt (empty user turn + `<imgbos>`, as in training) is
 prefilled; the two caches are merged into one batch-2 cache, the shorter one left-padded
-(masked, with its own positions); every image step is then one batch-2 decoder call and
-one batch-2 adapter call; logits = uncond + scale * (cond - uncond). A full grid forces
+(masked, with its own positions). The adapter first reads the context: the decoder hidden
+states of every token up to `<imgbos>` (a stream keeps them for this); every image step is
+then one batch-2 decoder call and one batch-2 adapter call; logits = uncond + scale *
+(cond - uncond). A full grid forces
 `<imgend>`: the conditional row of the cache is kept, the last code and `<imgend>` are fed,
 and the loop is back in TEXT. `max_new_tokens` bounds text tokens; an image, once started,
 completes (missing codes after an early `<imgend>` are 0), as in the PyTorch reference.
@@ -76,7 +81,8 @@ Event = TextDelta | ImageStarted | ImageProgress | ImageDone | Done
 
 # --- the stream of one sequence ------------------------------------------------------------------
 class _Stream:
-    """A batch of sequences sharing one cache: mask [B, L], next positions [B], last hidden."""
+    """A batch of sequences sharing one cache: mask [B, L], next positions [B], last hidden,
+    and every hidden state so far (`hidden`, pieces of [B, T, H]: an image's context)."""
 
     def __init__(self, model, embeds: np.ndarray, timer: dict):
         self.model, self.timer = model, timer
@@ -84,6 +90,7 @@ class _Stream:
         self.mask = np.ones((b, 0), np.int64)
         self.next_pos = np.zeros(b, np.int64)
         self.past = model.empty_past(b)
+        self.hidden: list[np.ndarray] = []
         self.feed_embeds(embeds)
 
     def feed_embeds(self, embeds: np.ndarray) -> None:
@@ -93,6 +100,7 @@ class _Stream:
         t0 = time.perf_counter()
         hidden, self.past = self.model.decode(embeds, self.mask, pos, self.past)
         self.timer["decoder_s"] = self.timer.get("decoder_s", 0.0) + time.perf_counter() - t0
+        self.hidden.append(hidden)
         self.last = hidden[:, -1:]  # [B, 1, H]
         self.next_pos = self.next_pos + t
 
@@ -106,6 +114,11 @@ class _Stream:
         return self.mask.shape[1]
 
 
+def _host(past: list) -> list[np.ndarray]:
+    """A cache as numpy: device values (IO binding) are copied to the host."""
+    return [p if isinstance(p, np.ndarray) else p.numpy() for p in past]
+
+
 def _merge_for_cfg(cond: _Stream, uncond: _Stream) -> _Stream:
     """Stack cond (row 0) and uncond (row 1) into one batch-2 stream, uncond left-padded."""
     pad = cond.length - uncond.length
@@ -113,11 +126,15 @@ def _merge_for_cfg(cond: _Stream, uncond: _Stream) -> _Stream:
         raise RuntimeError("the unconditional prompt is longer than the conditional sequence")
     merged = object.__new__(_Stream)
     merged.model, merged.timer = cond.model, cond.timer
-    padded = [np.concatenate([np.zeros(u.shape[:2] + (pad,) + u.shape[3:], u.dtype), u], 2) for u in uncond.past]
-    merged.past = [np.concatenate([c, u], 0) for c, u in zip(cond.past, padded)]
+    padded = [np.concatenate([np.zeros(u.shape[:2] + (pad,) + u.shape[3:], u.dtype), u], 2)
+              for u in _host(uncond.past)]
+    merged.past = [np.concatenate([c, u], 0) for c, u in zip(_host(cond.past), padded)]
     merged.mask = np.concatenate([cond.mask, np.concatenate([np.zeros((1, pad), np.int64), uncond.mask], 1)], 0)
     merged.next_pos = np.concatenate([cond.next_pos, uncond.next_pos])
     merged.last = np.concatenate([cond.last, uncond.last], 0)
+    hu = np.concatenate(uncond.hidden, 1)  # [1, Lu, H]
+    hu = np.concatenate([np.zeros((1, pad, hu.shape[2]), hu.dtype), hu], 1)
+    merged.hidden = [np.concatenate([np.concatenate(cond.hidden, 1), hu], 0)]  # [2, Lc, H]
     return merged
 
 
@@ -125,9 +142,37 @@ def _row(stream: _Stream, i: int) -> _Stream:
     """Row i of a batched stream as a batch-1 stream (row 0 of a CFG pair is never padded)."""
     out = object.__new__(_Stream)
     out.model, out.timer = stream.model, stream.timer
-    out.past = [np.ascontiguousarray(p[i:i + 1]) for p in stream.past]
+    out.past = [np.ascontiguousarray(p[i:i + 1]) for p in _host(stream.past)]
     out.mask, out.next_pos, out.last = stream.mask[i:i + 1], stream.next_pos[i:i + 1], stream.last[i:i + 1]
+    out.hidden = [h[i:i + 1] for h in stream.hidden]
     return out
+
+
+class _AdapterCursor:
+    """The adapter's side of one image over a stream that has just taken `<imgbos>`: the first
+    call reads the context (every hidden state so far), later calls one code each."""
+
+    def __init__(self, model, stream: _Stream):
+        self.model = model
+        context = np.concatenate(stream.hidden, 1)  # [B, L, H]: every token up to `<imgbos>`
+        stream.hidden = [context]
+        self.hidden, self.mask = context, stream.mask.copy()  # [B, L]
+        # context token j of a row (left padding skipped) is at context_start + j
+        self.pos = model.context_start + np.maximum(np.cumsum(self.mask, 1) - 1, 0)
+        self.pos[:, -1] = 0  # `<imgbos>` is segment position 0
+        self.past = model.empty_adapter_past(self.mask.shape[0])
+
+    def logits(self) -> np.ndarray:
+        """Visual-head logits [B, n_codes + 2] for the next code."""
+        logits, self.past = self.model.image_logits(self.hidden, self.mask, self.pos, self.past)
+        return logits[:, -1]
+
+    def advance(self, stream: _Stream) -> None:
+        """After `stream` took the sampled code: that code's hidden state is the next input."""
+        b = self.mask.shape[0]
+        self.hidden = stream.last
+        self.mask = np.concatenate([self.mask, np.ones((b, 1), np.int64)], 1)
+        self.pos = np.full((b, 1), int(self.pos[0, -1]) + 1, np.int64)
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -151,8 +196,10 @@ def prepare_prompt(model, tokenizer, messages: list[dict]) -> tuple[list[int], l
     return ids, images
 
 
-def generate(model, tokenizer, messages: list[dict], *, max_new_tokens: int = 128, cfg_scale: float = 3.0,
+def generate(model, tokenizer, messages: list[dict], *, max_new_tokens: int = 128, cfg_scale: float | None = None,
              sampling: SamplingParams = SamplingParams()) -> Iterator[Event]:
+    """Events of one answer; `cfg_scale` None = the model's default (`model.cfg_scale`)."""
+    cfg_scale = model.cfg_scale if cfg_scale is None else cfg_scale
     if int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
         raise SamplingError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens}")
     if not np.isfinite(cfg_scale) or cfg_scale < 0:
@@ -251,11 +298,12 @@ def _image(model, tokenizer, cond: _Stream, uncond_ids, switch, sampler, cfg_sca
     guided = cfg_scale != 1.0
     stream = _merge_for_cfg(cond, _Stream(model, model.embed(np.asarray([uncond_ids], np.int64)), timer)) \
         if guided else cond
-    apast = model.empty_adapter_past(stream.mask.shape[0])
+    adapter = _AdapterCursor(model, stream)
     complete = True
     for i in range(n_grid):
-        logits, apast = model.image_logits(stream.last, apast)  # [B, 1, n_codes + 2]
-        logits = logits[:, -1]
+        t0 = time.perf_counter()
+        logits = adapter.logits()  # [B, n_codes + 2]
+        timer["adapter_s"] = timer.get("adapter_s", 0.0) + time.perf_counter() - t0
         if guided:
             logits = logits[1] + cfg_scale * (logits[0] - logits[1])
         else:
@@ -276,6 +324,7 @@ def _image(model, tokenizer, cond: _Stream, uncond_ids, switch, sampler, cfg_sca
             cond.feed([token, space.img_end])
             break
         stream.feed([token])
+        adapter.advance(stream)
     codes = np.zeros(n_grid, np.int64)
     codes[: len(switch.codes)] = switch.codes
     return cond, codes.reshape(model.grid), complete

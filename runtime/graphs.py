@@ -96,14 +96,20 @@ def text_head(hidden: int, n_text_logits: int) -> GraphSpec:
 
 
 def visual_head(n_layers: int, heads: int, head_dim: int, hidden: int, n_image_logits: int) -> GraphSpec:
-    """Adapter + visual head over the image segment, with the adapter's own cache
-    (empty, sequence 0, at `<imgbos>`)."""
-    past = [t for i in range(n_layers) for t in _kv("past_key_values", i, "past_segment", heads, head_dim)]
-    present = [t for i in range(n_layers) for t in _kv("present", i, "total_segment", heads, head_dim)]
+    """Adapter + visual head with the adapter's own cache (empty, sequence 0, when an image
+    starts). At `<imgbos>` the `context` is the decoder's hidden states of every token before
+    it plus `<imgbos>`'s own; afterwards one code per call. `position_ids` are the adapter's:
+    0..grid for the segment, the manifest's `adapter_context_start` + j for context token j;
+    `attention_mask` covers past + new tokens (0 = left padding)."""
+    past = [t for i in range(n_layers) for t in _kv("past_key_values", i, "past_context", heads, head_dim)]
+    present = [t for i in range(n_layers) for t in _kv("present", i, "total_context", heads, head_dim)]
     return GraphSpec(
         "visual_head",
-        (TensorSpec("hidden_states", FLOAT, ("batch", "segment", hidden)), *past),
-        (TensorSpec("image_logits", FLOAT, ("batch", "segment", n_image_logits)), *present),
+        (TensorSpec("hidden_states", FLOAT, ("batch", "context", hidden)),
+         TensorSpec("attention_mask", INT64, ("batch", "total_context")),
+         TensorSpec("position_ids", INT64, ("batch", "context")),
+         *past),
+        (TensorSpec("image_logits", FLOAT, ("batch", "context", n_image_logits)), *present),
     )
 
 

@@ -34,16 +34,18 @@ class ArmorPipeline:
 
     @classmethod
     def load(cls, bundle: str | Path, device: str = "cpu", verify_hashes: bool = True,
-             threads: int | None = None) -> "ArmorPipeline":
+             threads: int | None = None, io_binding: bool = False) -> "ArmorPipeline":
+        """`io_binding`: keep the decoder's KV cache in ORT memory between steps (engine.py)."""
         t0 = time.perf_counter()
         b = open_bundle(bundle, verify_hashes=verify_hashes)
-        return cls(BundleModel.open(b, device=device, threads=threads), time.perf_counter() - t0)
+        return cls(BundleModel.open(b, device=device, threads=threads, io_binding=io_binding),
+                   time.perf_counter() - t0)
 
     @property
     def manifest(self) -> dict:
         return self.model.bundle.manifest
 
-    def generate(self, messages: list[dict], *, max_new_tokens: int = 128, cfg_scale: float = 3.0,
+    def generate(self, messages: list[dict], *, max_new_tokens: int = 128, cfg_scale: float | None = None,
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> Iterator[Event]:
         sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         for event in generate(self.model, self.tokenizer, messages, max_new_tokens=max_new_tokens,

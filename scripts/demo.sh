@@ -8,4 +8,4 @@ bash scripts/setup.sh
 export OMP_WAIT_POLICY=PASSIVE
 .venv/bin/armor-export training_ref/checkpoints/tiny --target onnx --out bundles/tiny --overwrite
 .venv/bin/armor-run bundles/tiny --out armor-out \
-  --prompt "draw a picture with 2 shapes and tell me what it shows."
+  --prompt "draw a picture with 3 shapes and tell me what it shows."

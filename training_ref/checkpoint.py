@@ -43,9 +43,10 @@ def tiny_config(tokenizer: Tokenizer) -> ArmorConfig:
                 num_key_value_heads=2, intermediate_size=384, vocab_size=tokenizer.get_vocab_size(),
                 max_position_embeddings=512, tie_word_embeddings=False)
     vq = VQGANConfig(resolution=64, ch=16, ch_mult=(1, 2, 4, 4), num_res_blocks=1, z_channels=64,
-                     embed_dim=64, n_embed=512, norm_groups=8)
+                     embed_dim=64, n_embed=256, norm_groups=8, local_patches=True)
+    # guidance off by default: on held-out prompts scale 1.0 beat 2.0 and 3.0 on every ShapeEval attribute
     return _armor_config("tiny", tokenizer, vision, text, vq, n_image_tokens=16, adapter=(2, 4, 512),
-                         context_length=512)
+                         context_length=512, cfg_scale=1.0)
 
 
 def proxy_1b_config(tokenizer: Tokenizer) -> ArmorConfig:
@@ -61,7 +62,8 @@ def proxy_1b_config(tokenizer: Tokenizer) -> ArmorConfig:
                          adapter=(2, 14, 4864), context_length=4096)
 
 
-def _armor_config(preset, tokenizer, vision, text, vq, n_image_tokens, adapter, context_length) -> ArmorConfig:
+def _armor_config(preset, tokenizer, vision, text, vq, n_image_tokens, adapter, context_length,
+                  cfg_scale: float = 3.0) -> ArmorConfig:
     mllm = InternVLConfig(vision_config=vision, text_config=text, image_seq_length=n_image_tokens,
                           image_token_id=_token_id(tokenizer, IMG_CONTEXT), downsample_ratio=0.5,
                           tie_word_embeddings=False)
@@ -69,7 +71,7 @@ def _armor_config(preset, tokenizer, vision, text, vq, n_image_tokens, adapter, 
                        adapter_layers=adapter[0], adapter_heads=adapter[1], adapter_intermediate=adapter[2],
                        vqgan=vq.to_dict(), context_length=context_length,
                        eos_token_id=_token_id(tokenizer, IM_END), pad_token_id=_token_id(tokenizer, ENDOFTEXT),
-                       preset=preset)
+                       cfg_scale=cfg_scale, preset=preset)
 
 
 def _token_id(tokenizer: Tokenizer, name: str) -> int:

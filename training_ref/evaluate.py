@@ -5,7 +5,7 @@
 Per checkpoint: VQA exact-match accuracy (understanding), ShapeEval on held-out t2i prompts
 (per attribute and all-correct), and interleaved t2ti prompts answered as text + image + text
 whose image matches the text before it. Generation is the PyTorch reference, greedy, with
-classifier-free guidance. This module knows the world's evaluation sets and the scorers; it
+the checkpoint's default classifier-free guidance (`--cfg-scale` overrides). This module knows the world's evaluation sets and the scorers; it
 is reused by the runtime's and calibration's parity checks through `score_outputs`.
 """
 
@@ -25,9 +25,6 @@ from runtime.sampling import SamplingParams
 from training_ref import shapeeval, world
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CFG_SCALE = 3.0
-
 
 def messages_for(sample: world.Sample) -> list[dict]:
     if sample.image is None:
@@ -102,7 +99,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-vqa", type=int, default=200)
     p.add_argument("--n-t2i", type=int, default=200)
     p.add_argument("--n-t2ti", type=int, default=20)
-    p.add_argument("--cfg-scale", type=float, default=DEFAULT_CFG_SCALE)
+    p.add_argument("--cfg-scale", type=float, help="guidance scale (default: each checkpoint's own)")
     p.add_argument("--skip-generation", action="store_true", help="VQA only (e.g. for the base model)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)

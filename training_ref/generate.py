@@ -8,7 +8,8 @@ seed gives the same tokens everywhere).
 Classifier-free guidance: the unconditional branch is the same chat template with an
 *empty* user message, then `<imgbos>` and the codes generated so far; training drops the
 condition to exactly that sequence (train.py), so the model knows both distributions.
-Image logits are `uncond + scale * (cond - uncond)`; scale 1 disables guidance.
+Image logits are `uncond + scale * (cond - uncond)`; scale 1 disables guidance; by default
+the scale is the checkpoint's `cfg_scale` (measured per preset).
 
 `max_new_tokens` bounds text tokens; an image, once started, always completes its grid
 (or ends at `<imgend>`). An image ended early by `<imgend>` has its missing codes set to 0.
@@ -48,27 +49,42 @@ def split_messages(messages: list[dict]) -> tuple[list[dict], list]:
 
 
 class _Stream:
-    """One sequence through the decoder with its KV cache; `last` is the newest hidden state."""
+    """One sequence through the decoder with its KV cache; `last` is the newest hidden state,
+    `hidden` all of them (an image's adapter reads the context before its `<imgbos>`)."""
 
     def __init__(self, model: ArmorModel, ids: list[int], image_embeds: torch.Tensor | None = None):
         self.model, self.cache, self.length = model, DynamicCache(), 0
+        self.hidden = []  # [1, T_i, H] per feed
         self.feed(ids, image_embeds)
 
     def feed(self, ids: list[int], image_embeds: torch.Tensor | None = None) -> None:
         x = self.model.embed(torch.tensor([ids]), image_embeds)  # [1, T, H]
         pos = torch.arange(self.length, self.length + len(ids))[None]
         hidden, self.cache = self.model.decode(x, position_ids=pos, past_key_values=self.cache)
+        self.hidden.append(hidden)
         self.last = hidden[:, -1:]  # [1, 1, H]
         self.length += len(ids)
+
+    def image_logits(self, step: int, past: list | None):
+        """Visual-head logits [1, 1, n_codes + 2] at segment position `step`; at step 0
+        (`<imgbos>` just fed) the adapter first reads the whole context."""
+        if step == 0:
+            hidden = torch.cat(self.hidden, 1)  # [1, L, H], the last one is `<imgbos>`
+            positions = self.model.image_positions(hidden.shape[1] - 1)
+        else:
+            hidden, positions = self.last, self.model.image_positions(0, step)
+        logits, past = self.model.image_logits(hidden, positions[None], past)
+        return logits[:, -1:], past
 
 
 @torch.no_grad()
 def generate(model: ArmorModel, tokenizer, messages: list[dict], *, max_new_tokens: int = 128,
-             cfg_scale: float = 3.0, sampling: SamplingParams = SamplingParams(),
+             cfg_scale: float | None = None, sampling: SamplingParams = SamplingParams(),
              return_ids: bool = False):
     """Answer `messages` (chat shape; image parts as PIL images, paths or arrays) with the
     interleaved list of strings and PIL images. With `return_ids`, also the generated ids."""
     cfg = model.config
+    cfg_scale = cfg.cfg_scale if cfg_scale is None else cfg_scale
     if max_new_tokens < 1:
         raise SamplingError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not np.isfinite(cfg_scale) or cfg_scale < 0:
@@ -129,9 +145,9 @@ def _generate_image(model, cond, uncond_ids, switch, space, sampler, cfg_scale, 
     uncond = _Stream(model, uncond_ids) if guided else None
     past_c = past_u = None
     for i in range(cfg.n_grid):
-        logits, past_c = model.image_logits(cond.last, past=past_c)  # [1, 1, n_codes + 2]
+        logits, past_c = cond.image_logits(i, past_c)  # [1, 1, n_codes + 2]
         if guided:
-            logits_u, past_u = model.image_logits(uncond.last, past=past_u)
+            logits_u, past_u = uncond.image_logits(i, past_u)
             logits = logits_u + cfg_scale * (logits - logits_u)
         logits = logits[0, -1].float().numpy()
         logits[cfg.n_codes + 1] = -np.inf  # <imgpad> is never sampled

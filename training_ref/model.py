@@ -7,17 +7,22 @@ extended text head, adapter, visual head), then the model with its entry points:
     embed(ids, image_embeds)         -> inputs_embeds from the unified table
     decode(embeds, mask, pos, cache) -> last hidden states (after the final norm), cache
     text_logits(hidden)              -> logits over the text vocab + `<imgbos>`
-    image_logits(seg_hidden, past)   -> logits over the codes + `<imgend>` + `<imgpad>`
+    image_logits(hidden, positions, past, mask) -> logits over the codes + `<imgend>` + `<imgpad>`
 
 Token id space (unified): [0, V) text tokens, V + c for image code c, then `<imgbos>`,
 `<imgend>`, `<imgpad>`. The text head's last logit is `<imgbos>`; the visual head's logits
 are the codes, then `<imgend>`, then `<imgpad>`.
 
-The adapter attends over the *current image segment only* (`<imgbos>` and the codes so far),
-with learned positions over the grid. The decoder's hidden states already carry the whole
-context (prompt, earlier text and images); a segment-local adapter never runs for text
-tokens, its cache is at most grid + 1 long and starts empty at every image, and its
-positions are grid positions, which is what "how to generate" needs.
+The adapter sees the image segment *and its context*. When an image starts, the decoder
+hidden states of every token before `<imgbos>` (system prompt, user prompt, earlier answer
+text and images) enter the adapter as a prefix, once; then the segment (`<imgbos>` and the
+codes so far) follows, causally, one position per code. Positions are learned: 0..N for the
+segment (0 is `<imgbos>`), then N+1+j for context token j. Why: ARMOR's decoder is frozen,
+and reading "what to draw" from the prompt's own hidden states, with their order, lets the
+adapter bind the words of a phrase ("a large red triangle at the top left") to grid
+positions; the cost is one adapter prefill over the context per image, and the adapter
+still never runs for text tokens. (Measured on the shapes world: with one shared context
+position, objects were placed and shaped right but most colours were wrong.)
 
 This file knows no training, optimizer, export or sampling code.
 """
@@ -44,6 +49,7 @@ class ArmorConfig:
     adapter_intermediate: int = 512
     vqgan: dict = field(default_factory=dict)  # VQGANConfig.to_dict()
     context_length: int = 1024
+    cfg_scale: float = 3.0  # the model's default classifier-free guidance (measured per preset; 1 = off)
     eos_token_id: int = 2  # `<|im_end|>`: ends the assistant turn
     pad_token_id: int = 0
     preset: str = "custom"
@@ -148,7 +154,7 @@ class RMSNorm(nn.Module):
 
 
 class AdapterBlock(nn.Module):
-    """Pre-norm causal transformer block; optional (key, value) cache of the segment so far."""
+    """Pre-norm causal transformer block; optional (key, value) cache of the positions so far."""
 
     def __init__(self, hidden: int, heads: int, intermediate: int):
         super().__init__()
@@ -160,14 +166,14 @@ class AdapterBlock(nn.Module):
         self.fc1 = nn.Linear(hidden, intermediate)
         self.fc2 = nn.Linear(intermediate, hidden)
 
-    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """x [B, T, H]; mask [B, 1, T, P+T] bool (True = may attend) -> ([B, T, H], (k, v))."""
         b, t, h = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, h // self.heads).unbind(2)
         q, k, v = (y.transpose(1, 2) for y in (q, k, v))  # [B, heads, T, D]
         if past is not None:
             k = torch.cat([past[0], k], 2)  # [B, heads, P+T, D]
             v = torch.cat([past[1], v], 2)
-        mask = causal_mask(t, k.shape[2], x.device)  # [T, P+T]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, heads, T, D]
         x = x + self.proj(y.transpose(1, 2).reshape(b, t, h))
         x = x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
@@ -181,26 +187,35 @@ def causal_mask(t: int, total: int, device=None) -> torch.Tensor:
 
 
 class Adapter(nn.Module):
-    """K blocks between the decoder and the visual head, over the current image segment."""
+    """K blocks between the decoder and the visual head, over the context prefix + the segment."""
 
     def __init__(self, cfg: ArmorConfig):
         super().__init__()
         h = cfg.hidden_size
-        self.pos = nn.Embedding(cfg.n_grid + 1, h)  # segment position 0 = `<imgbos>`
+        self.context_start = cfg.n_grid + 1  # segment positions are 0 (`<imgbos>`) .. n_grid
+        self.pos = nn.Embedding(cfg.n_grid + 1 + cfg.context_length, h)
         nn.init.normal_(self.pos.weight, std=0.02)
         self.blocks = nn.ModuleList(
             AdapterBlock(h, cfg.adapter_heads, cfg.adapter_intermediate) for _ in range(cfg.adapter_layers)
         )
         self.norm = RMSNorm(h)
 
-    def forward(self, hidden: torch.Tensor, past: list | None = None):
-        """hidden [B, T, H], the next T segment positions after `past` -> ([B, T, H], new cache)."""
-        t = hidden.shape[1]
-        start = 0 if past is None else past[0][0].shape[2]
-        x = hidden + self.pos(torch.arange(start, start + t, device=hidden.device))[None]
+    def forward(self, hidden: torch.Tensor, positions: torch.Tensor, past: list | None = None,
+                mask: torch.Tensor | None = None):
+        """hidden [B, T, H] decoder states after `past`; positions [B, T] adapter positions;
+        mask [B, P+T] (1 = real token, 0 = padding; None = all real) -> ([B, T, H], new cache)."""
+        b, t, _ = hidden.shape
+        total = t + (0 if past is None else past[0][0].shape[2])
+        attend = causal_mask(t, total, hidden.device)[None, None]  # [1, 1, T, P+T]
+        if mask is not None:
+            attend = attend & mask[:, None, None, :].bool()  # [B, 1, T, P+T]
+            # a padded query row with no key left would give NaN: let it see itself
+            keys = torch.arange(total, device=hidden.device)
+            attend = attend | (keys[None] == keys[total - t:, None])[None, None]
+        x = hidden + self.pos(positions)  # [B, T, H]
         present = []
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, None if past is None else past[i])
+            x, kv = block(x, attend, None if past is None else past[i])
             present.append(kv)
         return self.norm(x), present
 
@@ -267,8 +282,17 @@ class ArmorModel(nn.Module):
         """hidden [..., H] -> [..., V + 1]; the last column is `<imgbos>`."""
         return torch.cat([self.mllm.lm_head(hidden), self.imgbos_head(hidden)], -1)
 
-    def image_logits(self, seg_hidden: torch.Tensor, past: list | None = None):
-        """Decoder hidden states of the image segment [B, T, H] (continuing the adapter cache
-        `past`, empty at `<imgbos>`) -> (logits [B, T, n_codes + 2], adapter cache)."""
-        x, present = self.adapter(seg_hidden, past)
+    def image_logits(self, hidden: torch.Tensor, positions: torch.Tensor, past: list | None = None,
+                     mask: torch.Tensor | None = None):
+        """Decoder hidden states [B, T, H] continuing the adapter cache `past` (None when an
+        image starts: then `hidden` is the context followed by `<imgbos>`), their adapter
+        positions [B, T] (see `image_positions`) and the key mask [B, P+T]
+        -> (logits [B, T, n_codes + 2], adapter cache)."""
+        x, present = self.adapter(hidden, positions, past, mask)
         return self.visual_head(x), present
+
+    def image_positions(self, n_context: int, start: int = 0, length: int = 1) -> torch.Tensor:
+        """Adapter positions [n_context + length]: `n_context` context tokens (context_start + j),
+        then segment positions start .. start + length - 1 (0 is `<imgbos>`)."""
+        ctx = self.adapter.context_start + torch.arange(n_context)
+        return torch.cat([ctx, torch.arange(start, start + length)])

@@ -108,9 +108,14 @@ class ArmorLoss(torch.nn.Module):
             loss = loss + self.alpha * text
             stats["text"] = text.item()
         if self.beta and len(batch.image_rows):
+            # the adapter reads each image row up to the end of its segment: context, then segment
             offsets = batch.image_starts[:, None] + torch.arange(cfg.n_grid + 1)  # [B_img, N+1]
-            seg = hidden[batch.image_rows[:, None], offsets]  # [B_img, N+1, H]
-            logits, _ = m.image_logits(seg)
+            length = int(offsets[:, -1].max()) + 1
+            rel = torch.arange(length)[None] - batch.image_starts[:, None]  # [B_img, L]
+            context = m.adapter.context_start + torch.arange(length)[None]  # right padding: token t is context t
+            positions = torch.where((rel >= 0) & (rel <= cfg.n_grid), rel, context)
+            logits, _ = m.image_logits(hidden[batch.image_rows, :length], positions)  # [B_img, L, n_codes + 2]
+            logits = logits[torch.arange(len(offsets))[:, None], offsets]  # [B_img, N+1, n_codes + 2]
             image = F.cross_entropy(logits.flatten(0, 1), batch.image_labels.flatten())
             loss = loss + self.beta * image
             stats["image"] = image.item()
@@ -179,7 +184,7 @@ def train_stage(model: ArmorModel, tokenizer, stage: Stage, out_dir: Path, steps
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v:.3f}" for k, v in stats.items()})
-        if stage.name == "vq" and step % 100 == 99:
+        if stage.name == "vq" and step % 100 == 99 and step < 0.8 * steps:  # then let the codebook settle
             _reseed_dead_codes(model, rng, world_size)
         done = step + 1 == steps
         if (step + 1) % save_every == 0 or done:
@@ -205,19 +210,31 @@ def _vq_step(model, loss_module, stage, rng, batch_size, tokenizer, codes, visio
 
 @torch.no_grad()
 def _reseed_dead_codes(model: ArmorModel, rng: np.random.Generator, world_size: int) -> None:
-    """Codes no image of a probe batch uses are moved onto random encoder outputs."""
+    """Codes no image of a probe batch uses are moved onto encoder outputs drawn with
+    probability proportional to their quantization error.
+
+    Uniform draws would land mostly on background patches (over 80% of the world's patches
+    are plain white) and split the background over hundreds of near-identical codes: the
+    image targets would then be mostly unpredictable noise for the visual head. Outputs the
+    codebook already represents well are seldom drawn, so well-quantized background keeps
+    few codes and the spare codes go where reconstruction needs them."""
     vq, res = model.vqgan, model.config.vqgan["resolution"]
     pixels = torch.from_numpy(np.stack([to_unit_range(world.render(world.sample_scene(rng), res), res)
                                         for _ in range(64)]))
-    z = vq.quant_conv(vq.encoder(pixels))  # [64, D, h, w]
+    z = vq.latents(pixels)  # [64, D, h, w]
+    codes = vq.quantize.codes(z)  # [64, h, w]
     used = torch.zeros(vq.quantize.embedding.num_embeddings, dtype=torch.bool)
-    used[vq.quantize.codes(z).flatten()] = True
+    used[codes.flatten()] = True
     dead = (~used).nonzero().flatten()
     if len(dead) and world_size == 1:  # with DDP the replicas would diverge: skipped there
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        pick = torch.from_numpy(rng.integers(0, len(flat), len(dead)))
-        vq.quantize.embedding.weight[dead] = flat[pick]
-        log.debug("re-seeded %d dead codes", len(dead))
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # [N, D]
+        err = (flat - vq.quantize.embedding.weight[codes.flatten()]).pow(2).sum(1).double().numpy()
+        if err.sum() <= 0:
+            return
+        n = min(len(dead), int((err > 0).sum()))
+        pick = torch.from_numpy(rng.choice(len(flat), n, replace=False, p=err / err.sum()))
+        vq.quantize.embedding.weight[dead[:n]] = flat[pick]
+        log.debug("re-seeded %d of %d dead codes", n, len(dead))
 
 
 def _save(model, tokenizer, opt, params, out_dir, stage, step, done, rank) -> None:

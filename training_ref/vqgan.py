@@ -32,6 +32,11 @@ class VQGANConfig:
     n_embed: int = 8192
     norm_groups: int = 32
     beta: float = 0.25  # commitment weight of the quantizer loss
+    # Encode every `downsample` x `downsample` patch on its own, so a code depends on its patch
+    # only (the decoder still sees the whole grid). Chameleon's release encodes whole images
+    # (False); the shapes world uses True: its background is then one code, not hundreds of
+    # context-dependent near-duplicates, and image targets are predictable from the scene.
+    local_patches: bool = False
 
     @property
     def downsample(self) -> int:
@@ -245,9 +250,20 @@ class VQGAN(nn.Module):
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
 
+    def latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [B, 3, S, S] in [-1, 1] -> pre-quantization latents [B, D, S/f, S/f]."""
+        if not self.config.local_patches:
+            return self.quant_conv(self.encoder(pixels))
+        b, c, s, _ = pixels.shape
+        f, g = self.config.downsample, s // self.config.downsample
+        patches = pixels.unfold(2, f, f).unfold(3, f, f)  # [B, 3, g, g, f, f]
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(b * g * g, c, f, f)
+        z = self.quant_conv(self.encoder(patches))  # [B*g*g, D, 1, 1]
+        return z.view(b, g, g, -1).permute(0, 3, 1, 2)
+
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [B, 3, S, S] in [-1, 1] -> code ids [B, S/f, S/f]."""
-        return self.quantize.codes(self.quant_conv(self.encoder(pixels)))
+        return self.quantize.codes(self.latents(pixels))
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """code ids [B, h, w] -> pixels [B, 3, h*f, w*f], nominally in [-1, 1] (not clamped)."""
@@ -255,7 +271,7 @@ class VQGAN(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training forward: (reconstruction, quantizer loss, codes)."""
-        z_q, q_loss, codes = self.quantize(self.quant_conv(self.encoder(pixels)))
+        z_q, q_loss, codes = self.quantize(self.latents(pixels))
         return self.decoder(self.post_quant_conv(z_q)), q_loss, codes
 
 

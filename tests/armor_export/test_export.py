@@ -8,13 +8,13 @@ import pytest
 
 from armor_export.cli import main
 from armor_export.export import ExportError, export_bundle
-from runtime.constants import MANIFEST_FILE
+from runtime.constants import BUNDLE_SCHEMA_VERSION, MANIFEST_FILE
 from runtime.graphs import bundle_graphs
 
 
 def test_bundle_layout_and_manifest(random_bundle):
     manifest = json.loads((random_bundle / MANIFEST_FILE).read_text())
-    assert manifest["format"] == "armor-bundle" and manifest["schema_version"] == 1
+    assert manifest["format"] == "armor-bundle" and manifest["schema_version"] == BUNDLE_SCHEMA_VERSION
     for name in ("vision_encoder.onnx", "decoder.onnx", "text_head.onnx", "visual_head.onnx", "vq_decoder.onnx",
                  "embeddings.npy", "tokenizer.json", "text/model.onnx", "text/genai_config.json"):
         assert name in manifest["files"], name
@@ -138,3 +138,27 @@ def test_graphs_past_protobufs_2gib_limit_go_to_external_data(tmp_path, monkeypa
     monkeypatch.undo()
     monkeypatch.setattr(type(proto), "ByteSize", too_big)
     assert graphs._byte_size(proto) == float("inf")
+
+
+def test_fp16_conversion_with_shapes_inferred_on_disk_matches_in_memory(random_bundle, tmp_path):
+    """Graphs past protobuf's 2 GiB get their shapes from the file (infer_shapes_path); the
+    result must be the same graph as the in-memory path (forced here on a small graph)."""
+    import shutil
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from armor_export.manifest import convert_fp16
+
+    outs = []
+    for on_disk in (False, True):
+        folder = tmp_path / str(on_disk)
+        folder.mkdir()
+        shutil.copy(random_bundle / "text_head.onnx", folder / "text_head.onnx")
+        convert_fp16(folder / "text_head.onnx", infer_on_disk=on_disk)
+        assert sorted(p.name for p in folder.iterdir()) == ["text_head.onnx"]  # no temporary left behind
+        sess = ort.InferenceSession(str(folder / "text_head.onnx"), providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).standard_normal((1, 3, sess.get_inputs()[0].shape[-1])).astype(np.float16)
+        outs.append(sess.run(None, {"hidden_states": x})[0])
+    assert outs[0].dtype == np.float16
+    np.testing.assert_array_equal(outs[0], outs[1])

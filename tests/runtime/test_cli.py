@@ -16,6 +16,10 @@ def test_armor_run_streams_text_and_prints_timings(random_bundle, tmp_path, caps
                      "--max-new-tokens", "6", "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "timings:" in out and "first token" in out
+    assert run_main([str(random_bundle), "--prompt", "what colour?", "--image", str(img), "--io-binding",
+                     "--max-new-tokens", "6", "--out", str(tmp_path / "out2")]) == 0
+    bound = capsys.readouterr().out
+    assert bound.split("timings:")[0] == out.split("timings:")[0]  # the same answer with the cache bound
 
 
 def test_armor_run_bad_inputs(random_bundle, tmp_path, capsys):
@@ -37,18 +41,21 @@ def test_armor_run_bad_inputs(random_bundle, tmp_path, capsys):
 
 def test_armor_bench_writes_json_csv_png(random_bundle, random_checkpoint, tmp_path):
     out = tmp_path / "bench"
-    assert bench_main([str(random_bundle), "--checkpoint", str(random_checkpoint), "--out", str(out),
-                       "--steps", "4", "--repeats", "1"]) == 0
+    assert bench_main([str(random_bundle), str(random_bundle), "--checkpoint", str(random_checkpoint),
+                       "--out", str(out), "--steps", "4", "--repeats", "1"]) == 0
     data = json.loads((out / "bench.json").read_text())
-    assert [r["engine"] for r in data["rows"]] == ["runtime", "pytorch"]
-    assert "text_tokens_per_s" in data["ratios"]
+    assert [r["engine"] for r in data["rows"]] == ["runtime", "runtime", "pytorch"]
+    assert "text_tokens_per_s" in data["ratios"]  # the first bundle against PyTorch
+    (second,) = data["ratios_vs_first_bundle"].values()  # every other bundle against the first
+    assert second["text_tokens_per_s"] > 0 and "vq_decode_ms_speedup" in second
+    assert all(r["peak_rss_mb"] > 0 and r["bundle_mb"] > 0 for r in data["rows"])
     assert (out / "bench.csv").read_text().startswith("device,precision,engine")
     assert (out / "bench.png").stat().st_size > 0
 
 
 def test_armor_run_on_tiny_answers_with_text_and_an_image(tiny_bundle, tmp_path, capsys):
     out = tmp_path / "out"
-    assert run_main([str(tiny_bundle), "--prompt", "draw a picture with 2 shapes and tell me what it shows.",
+    assert run_main([str(tiny_bundle), "--prompt", "draw a picture with 3 shapes and tell me what it shows.",
                      "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "here is" in printed and "[image 0:" in printed and "timings:" in printed

@@ -33,13 +33,13 @@ class MockModel:
     """Hidden state = the token id in channel 0; the text head follows `script` (head indices);
     the visual head's cond row prefers `cond_codes[i]`, its uncond row `uncond_codes[i]`."""
 
-    n_image_tokens, vision_size, grid, image_token_id = 2, 16, (2, 2), 5
+    n_image_tokens, vision_size, grid, image_token_id, context_start, cfg_scale = 2, 16, (2, 2), 5, 5, 3.0
     space = SPACE
 
     def __init__(self, script, cond_codes=(1, 2, 3, 4), uncond_codes=(5, 6, 7, 0), context_length=256):
         self.script, self.cond_codes, self.uncond_codes = list(script), cond_codes, uncond_codes
         self.context_length = context_length
-        self.decode_calls, self.image_calls, self.text_calls = [], 0, 0
+        self.decode_calls, self.image_calls, self.text_calls, self.adapter_calls = [], 0, 0, []
 
     def empty_past(self, b):
         return [np.zeros((b, 1, 0, 1), np.float32)]
@@ -69,9 +69,12 @@ class MockModel:
         self.text_calls += 1
         return logits
 
-    def image_logits(self, hidden, past):
+    def image_logits(self, hidden, mask, pos, past):
+        assert mask.shape[1] == past[0].shape[2] + hidden.shape[1] and pos.shape == hidden.shape[:2]
+        self.adapter_calls.append({"tokens": hidden[..., 0].astype(int).tolist(), "mask": mask.copy(),
+                                   "pos": pos.copy()})
         b = hidden.shape[0]
-        i = past[0].shape[2]
+        i = int(pos[0, -1])  # the segment position of the newest input: 0 is `<imgbos>`
         logits = np.zeros((b, 1, N_CODES + 2), np.float32)
         logits[0, 0, self.cond_codes[i] if i < len(self.cond_codes) else N_CODES] = 1.0
         if b == 2:
@@ -115,6 +118,15 @@ def test_image_with_cfg_is_one_batch2_call_per_step():
     last = model.decode_calls[-2]  # [last code, <imgend>] on the conditional row, then text
     assert last["batch"] == 1 and last["tokens"] == [[V + 4, SPACE.img_end]]
     assert model.image_calls == 4  # the adapter ran for image positions only
+    ctx = model.adapter_calls[0]  # the image start: the adapter reads the whole context once
+    prompt = model.decode_calls[0]["tokens"][0]
+    assert ctx["tokens"][0] == prompt + [10, SPACE.img_bos] and ctx["tokens"][1][-1] == SPACE.img_bos
+    n_ctx = len(prompt) + 1  # the prompt and the text token before <imgbos>
+    assert ctx["pos"][0, :-1].tolist() == list(range(5, 5 + n_ctx)) and ctx["pos"][:, -1].tolist() == [0, 0]
+    real = ctx["mask"][1, :-1].astype(bool)  # the left-padded uncond row counts from its first real token
+    assert ctx["pos"][1, :-1][real].tolist() == list(range(5, 5 + int(real.sum())))
+    assert (ctx["mask"] == first["mask"][:, :-1]).all()  # the decoder's left padding, too
+    assert [c["pos"].ravel().tolist() for c in model.adapter_calls[1:]] == [[1, 1], [2, 2], [3, 3]]
     assert events[-1].image_tokens == 4 + 2
 
 

@@ -58,7 +58,7 @@ CASES = {
     "vqa": [{"role": "user", "content": [{"type": "image", "image": world.render(world.sample_scene(np.random.default_rng(5)))},
                                          {"type": "text", "text": "describe the image."}]}],
     "image_cfg": [{"role": "user", "content": "draw a large red circle at the top left and a small blue square in the center."}],
-    "interleaved": [{"role": "user", "content": "draw a picture with 2 shapes and tell me what it shows."}],
+    "interleaved": [{"role": "user", "content": "draw a picture with 3 shapes and tell me what it shows."}],
 }
 
 

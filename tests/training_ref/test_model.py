@@ -19,7 +19,7 @@ def test_entry_point_shapes(tiny_model):
     hidden, _ = tiny_model.decode(tiny_model.embed(ids, embeds))
     assert hidden.shape == (2, 40, cfg.hidden_size)
     assert tiny_model.text_logits(hidden).shape == (2, 40, cfg.n_text_vocab + 1)
-    logits, cache = tiny_model.image_logits(hidden[:, :5])
+    logits, cache = tiny_model.image_logits(hidden[:, :5], tiny_model.image_positions(4)[None].expand(2, 5))
     assert logits.shape == (2, 5, cfg.n_codes + 2)
     assert len(cache) == cfg.adapter_layers
 
@@ -43,13 +43,32 @@ def test_image_placeholder_count_is_checked(tiny_model):
 
 
 def test_adapter_cache_matches_full_segment(tiny_model):
-    seg = torch.randn(1, 7, tiny_model.config.hidden_size)
-    full, _ = tiny_model.image_logits(seg)
-    past, steps = None, []
-    for i in range(7):
-        out, past = tiny_model.image_logits(seg[:, i:i + 1], past=past)
+    """Context + `<imgbos>` at once, then one code per call == everything in one call."""
+    seg = torch.randn(1, 9, tiny_model.config.hidden_size)  # 4 context tokens, <imgbos>, 4 codes
+    full, _ = tiny_model.image_logits(seg, tiny_model.image_positions(4, 0, 5)[None])
+    out, past = tiny_model.image_logits(seg[:, :5], tiny_model.image_positions(4)[None])
+    steps = [out]
+    for i in range(5, 9):
+        out, past = tiny_model.image_logits(seg[:, i:i + 1], torch.tensor([[i - 4]]), past=past)
         steps.append(out)
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_adapter_reads_the_context_and_ignores_padding(tiny_model):
+    """Changing a context token changes the image logits; left padding (masked) does not."""
+    h = tiny_model.config.hidden_size
+    ctx, seg = torch.randn(1, 4, h), torch.randn(1, 1, h)
+    pos = tiny_model.image_positions(4)[None]
+    base, _ = tiny_model.image_logits(torch.cat([ctx, seg], 1), pos)
+    other = ctx.clone()
+    other[:, 1] += 1.0
+    changed, _ = tiny_model.image_logits(torch.cat([other, seg], 1), pos)
+    assert (changed[:, -1] - base[:, -1]).abs().max() > 1e-3
+    padded = torch.cat([torch.randn(1, 3, h), ctx, seg], 1)
+    mask = torch.tensor([[0, 0, 0] + [1] * 5])
+    pos_padded = torch.cat([torch.zeros(3, dtype=torch.long), tiny_model.image_positions(4)])[None]
+    out, _ = tiny_model.image_logits(padded, pos_padded, mask=mask)
+    torch.testing.assert_close(out[:, -1], base[:, -1], atol=1e-5, rtol=1e-5)
 
 
 def test_lm_head_is_not_tied_to_frozen_embeddings(tiny_model):

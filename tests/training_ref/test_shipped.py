@@ -17,9 +17,24 @@ def test_shipped_checkpoint_is_small_fp16_safetensors(tiny_checkpoint):
 
 def test_shipped_checkpoint_answers_text_image_text(tiny_checkpoint):
     model, tok = load_checkpoint(tiny_checkpoint)
-    out = generate(model, tok, [{"role": "user", "content": "draw a picture with 2 shapes and tell me what it shows."}],
+    out = generate(model, tok, [{"role": "user", "content": "draw a picture with 3 shapes and tell me what it shows."}],
                    max_new_tokens=64, cfg_scale=3.0)
     assert [type(p).__name__ for p in out] == ["str", "Image", "str"], out
     assert isinstance(out[1], Image.Image) and out[1].size == (64, 64)
     assert out[0].startswith("here is") and out[2].startswith("there ")
     # whether the image matches the text is a quality number (README), not asserted here
+
+
+def test_shipped_checkpoint_draws_the_prompted_layout(tiny_checkpoint):
+    """A quality floor on 20 held-out t2i prompts (greedy, the checkpoint's default guidance):
+    the README's 200-prompt numbers are shape 0.91, position 0.97, count 0.94. Colour is the
+    known weak attribute (0.25) and is not floored here."""
+    from training_ref import world
+    from training_ref.evaluate import messages_for, score_outputs
+
+    model, tok = load_checkpoint(tiny_checkpoint)
+    samples = world.heldout_t2i(20)
+    outs = [generate(model, tok, messages_for(s), max_new_tokens=64) for s in samples]
+    scores = score_outputs("t2i", samples, outs)
+    assert scores["image_rate"] >= 0.9, scores
+    assert scores["position"] >= 0.8 and scores["count"] >= 0.8 and scores["shape"] >= 0.75, scores
