@@ -18,4 +18,4 @@ for scheme in int8-weight int4-weight; do
     --prompts 2 --n-vqa 4 --n-t2i 1 --overwrite --quiet | tee "$out/calibrate-$scheme.txt"
 done
 .venv/bin/armor-bench "$out/bundle-fp32" "$out/bundle-int8-weight" "$out/bundle-int4-weight" \
-  --checkpoint "$out/final" --out "$out/bench" --steps 32 --repeats 2
+  --checkpoint "$out/final" --out "$out/bench" --steps 16 --repeats 1
