@@ -30,7 +30,7 @@ from tqdm import tqdm
 from calibration.quantize import cosine
 from runtime.constants import IM_END
 from runtime.engine import BundleModel
-from runtime.generation import prepare_prompt
+from runtime.generation import adapter_positions, prepare_prompt
 from runtime.image import preprocess
 from runtime.pipeline import ArmorPipeline
 from training_ref import world
@@ -90,8 +90,8 @@ def image_mode_logits(model: BundleModel, tokenizer, samples: list[world.Sample]
         prompt, _ = prepare_prompt(model, tokenizer, messages_for(s))
         ids = prompt + [space.img_bos] + [space.image_index_to_id(int(c)) for c in np.asarray(grid).ravel()]
         hidden = _hidden(model, ids, [])[:, : len(prompt) + n]  # context, `<imgbos>`, codes but the last
-        pos = np.concatenate([model.context_start + np.arange(len(prompt)), np.arange(n)])[None].astype(np.int64)
-        mask = np.ones(pos.shape, np.int64)
+        mask = np.ones(hidden.shape[:2], np.int64)
+        pos = adapter_positions(model.context_start, mask, n)
         logits, _ = model.image_logits(hidden, mask, pos, model.empty_adapter_past(1))
         rows.append(logits[0, len(prompt):, : space.n_codes + 1])  # <imgpad> is never sampled
     return np.concatenate(rows)

@@ -219,18 +219,17 @@ def load_vqgan(checkpoint: Path):
     Cached per file version: calibration and the accuracy report both encode pictures with it."""
     from runtime.constants import VQGAN_FILE
 
-    path = Path(checkpoint) / VQGAN_FILE
-    return _load_vqgan(str(Path(checkpoint).resolve()), path.stat().st_mtime_ns if path.exists() else 0)
+    path = Path(checkpoint).resolve() / VQGAN_FILE
+    return _load_vqgan(path, path.stat().st_mtime_ns if path.exists() else 0)
 
 
 @functools.lru_cache(maxsize=2)
-def _load_vqgan(checkpoint: str, mtime_ns: int):
+def _load_vqgan(path: Path, mtime_ns: int):
     from safetensors.torch import load_file
 
-    from runtime.constants import VQGAN_FILE
     from training_ref.checkpoint import read_config
     from training_ref.vqgan import VQGAN, VQGANConfig
 
-    vqgan = VQGAN(VQGANConfig.from_dict(read_config(checkpoint).vqgan))
-    vqgan.load_state_dict({k: v.float() for k, v in load_file(str(Path(checkpoint) / VQGAN_FILE)).items()})
+    vqgan = VQGAN(VQGANConfig.from_dict(read_config(path.parent).vqgan))
+    vqgan.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
     return vqgan.eval()

@@ -124,7 +124,7 @@ def bench_runtime(bundle: Path, device: str, steps: int, repeats: int, threads: 
             code = int(np.argmax(logits[1, :m.space.n_codes] + 3.0 * (logits[0] - logits[1])[:m.space.n_codes]))
             codes.append(code)
             stream.feed([m.space.n_text_vocab + code])
-            adapter.advance(stream)
+            adapter.advance()
         return len(codes) / (time.perf_counter() - t)
 
     text_tps = statistics.median(text_decode() for _ in range(repeats))

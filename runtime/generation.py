@@ -148,31 +148,37 @@ def _row(stream: _Stream, i: int) -> _Stream:
     return out
 
 
+def adapter_positions(context_start: int, mask: np.ndarray, n_segment: int) -> np.ndarray:
+    """Adapter positions [B, L] for tokens whose attention mask is `mask` [B, L]: the first
+    L - n_segment are context (token j of a row, left padding skipped, at context_start + j),
+    the last n_segment the image segment (`<imgbos>` = 0, then its codes 1, 2, ...)."""
+    context = context_start + np.maximum(np.cumsum(mask[:, : mask.shape[1] - n_segment], 1) - 1, 0)
+    return np.concatenate([context, np.broadcast_to(np.arange(n_segment), (mask.shape[0], n_segment))], 1)
+
+
 class _AdapterCursor:
     """The adapter's side of one image over a stream that has just taken `<imgbos>`: the first
-    call reads the context (every hidden state so far), later calls one code each."""
+    call reads the context (every hidden state so far), later calls one code each. The
+    adapter's keys are the stream's tokens, so the stream's attention mask is also its mask."""
 
     def __init__(self, model, stream: _Stream):
-        self.model = model
+        self.model, self.stream = model, stream
         context = np.concatenate(stream.hidden, 1)  # [B, L, H]: every token up to `<imgbos>`
         stream.hidden = [context]
-        self.hidden, self.mask = context, stream.mask.copy()  # [B, L]
-        # context token j of a row (left padding skipped) is at context_start + j
-        self.pos = model.context_start + np.maximum(np.cumsum(self.mask, 1) - 1, 0)
-        self.pos[:, -1] = 0  # `<imgbos>` is segment position 0
-        self.past = model.empty_adapter_past(self.mask.shape[0])
+        self.hidden, self.segment = context, 0  # segment position of the newest input
+        self.pos = adapter_positions(model.context_start, stream.mask, 1)
+        self.past = model.empty_adapter_past(stream.mask.shape[0])
 
     def logits(self) -> np.ndarray:
         """Visual-head logits [B, n_codes + 2] for the next code."""
-        logits, self.past = self.model.image_logits(self.hidden, self.mask, self.pos, self.past)
+        logits, self.past = self.model.image_logits(self.hidden, self.stream.mask, self.pos, self.past)
         return logits[:, -1]
 
-    def advance(self, stream: _Stream) -> None:
-        """After `stream` took the sampled code: that code's hidden state is the next input."""
-        b = self.mask.shape[0]
-        self.hidden = stream.last
-        self.mask = np.concatenate([self.mask, np.ones((b, 1), np.int64)], 1)
-        self.pos = np.full((b, 1), int(self.pos[0, -1]) + 1, np.int64)
+    def advance(self) -> None:
+        """After the stream took the sampled code: that code's hidden state is the next input."""
+        self.segment += 1
+        self.hidden = self.stream.last
+        self.pos = np.full((self.hidden.shape[0], 1), self.segment, np.int64)
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -324,7 +330,7 @@ def _image(model, tokenizer, cond: _Stream, uncond_ids, switch, sampler, cfg_sca
             cond.feed([token, space.img_end])
             break
         stream.feed([token])
-        adapter.advance(stream)
+        adapter.advance()
     codes = np.zeros(n_grid, np.int64)
     codes[: len(switch.codes)] = switch.codes
     return cond, codes.reshape(model.grid), complete
