@@ -115,6 +115,11 @@ class Settings:
             raise CalibrationError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.samples < 1 or self.prompts < 1:
             raise CalibrationError(f"--samples and --prompts must be >= 1, got {self.samples} and {self.prompts}")
+        if self.scheme == "int8" and self.prompts <= readers.FIRST_T2I_PROMPT:
+            # the recorded prompts cycle t2t, ti2t, t2i, t2ti; the image-mode graphs (adapter,
+            # visual head) are calibrated from the t2i generations
+            raise CalibrationError(f"--scheme int8 needs --prompts >= {readers.FIRST_T2I_PROMPT + 1} (the first t2i prompt "
+                                   f"calibrates the image-mode graphs), got {self.prompts}")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise CalibrationError(f"--block-size must be a power of two >= 16, got {self.block_size}")
         if self.target not in TARGETS:

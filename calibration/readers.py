@@ -129,6 +129,9 @@ class RecordingBackend:
         self.close()
 
 
+FIRST_T2I_PROMPT = world.MODES.index("t2i")  # calibration_prompts cycles over world.MODES
+
+
 def calibration_prompts(n: int, seed: int = CALIBRATION_SEED) -> list[world.Sample]:
     """`n` chat samples of the train split, cycling over the four data modes (t2t, ti2t, t2i, t2ti)."""
     rng = np.random.default_rng(seed)

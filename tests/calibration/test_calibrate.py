@@ -154,6 +154,9 @@ def test_bad_inputs_are_one_clear_error(quantized, random_bundle, tmp_path, caps
         calibrate_bundle(out, tmp_path / "again", Settings(**FAST))
     with pytest.raises(CalibrationError, match="not an ARMOR checkpoint"):
         calibrate_bundle(random_bundle, tmp_path / "x", Settings(checkpoint=tmp_path, **FAST))
+    with pytest.raises(CalibrationError, match="needs --prompts >= 3"):
+        calibrate_bundle(random_bundle, tmp_path / "z", Settings(**{**FAST, "prompts": 2}))
+    assert not (tmp_path / "z").exists()
     assert calibrate_main([str(tmp_path), "--out", str(tmp_path / "y")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a bundle" in err[0]
