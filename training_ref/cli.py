@@ -30,7 +30,7 @@ from training_ref.tokenizer import train_tokenizer
 log = logging.getLogger("armor-train")
 
 # Steps and batch sizes of the shipped `tiny` checkpoint (fixed seed 0).
-TINY_SCHEDULE = {"vq": (3000, 16), "base": (2500, 32), "what": (600, 32), "how": (2500, 32),
+TINY_SCHEDULE = {"vq": (3000, 16), "base": (2500, 32), "what": (1500, 32), "how": (2500, 32),
                  "better": (600, 32), "onestage": (3700, 32)}
 
 

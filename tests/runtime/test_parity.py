@@ -41,15 +41,17 @@ def _reference(model, tok, messages, **kw):
 
     sampling = SamplingParams(**{k: kw.pop(k) for k in ("temperature", "top_k", "top_p", "seed") if k in kw})
     out, ids = generate(model, tok, messages, sampling=sampling, return_ids=True, **kw)
-    codes, current = [], None
+    cfg, codes, current = model.config, [], None
     for i in ids:
-        if i == model.config.img_bos_id:
+        if i == cfg.img_bos_id:
             current = []
-        elif current is not None and model.config.code_offset <= i < model.config.code_offset + model.config.n_codes:
-            current.append(i - model.config.code_offset)
-            if len(current) == model.config.n_grid:
-                codes.append(current)
-                current = None
+        elif current is not None and cfg.code_offset <= i < cfg.code_offset + cfg.n_codes:
+            current.append(i - cfg.code_offset)
+        elif current is not None:  # ended early: the missing codes are 0, as in the runtime's ImageDone
+            current += [0] * (cfg.n_grid - len(current))
+        if current is not None and len(current) == cfg.n_grid:
+            codes.append(current)
+            current = None
     return [p for p in out if isinstance(p, str)], codes
 
 
