@@ -18,11 +18,12 @@ hidden states of every token before `<imgbos>` (system prompt, user prompt, earl
 text and images) enter the adapter as a prefix, once; then the segment (`<imgbos>` and the
 codes so far) follows, causally, one position per code. Positions are learned: 0..N for the
 segment (0 is `<imgbos>`), then N+1+j for context token j. Why: ARMOR's decoder is frozen,
-and reading "what to draw" from the prompt's own hidden states, with their order, lets the
-adapter bind the words of a phrase ("a large red triangle at the top left") to grid
-positions; the cost is one adapter prefill over the context per image, and the adapter
-still never runs for text tokens. (Measured on the shapes world: with one shared context
-position, objects were placed and shaped right but most colours were wrong.)
+and reading "what to draw" from the prompt's own hidden states, in their order, lets the
+adapter find each object's phrase ("a large red triangle at the top left") by its position
+words; the cost is one adapter prefill over the context per image, and the adapter still
+never runs for text tokens. (Measured on the shapes world: shape, size, position and count
+follow the prompt; colour does not yet, as the frozen decoder does not carry it to the
+position words. See the README's tiny checkpoint section.)
 
 This file knows no training, optimizer, export or sampling code.
 """
