@@ -130,11 +130,15 @@ def collate(items: list[Encoded], cfg: ArmorConfig, vision_size: int) -> Batch:
 
 
 def make_batch(rng: np.random.Generator, mix: dict[str, float], batch_size: int, tokenizer, cfg: ArmorConfig,
-               code_cache: CodeCache | None, vision_size: int, p_uncond: float = 0.0) -> Batch:
-    """Draw `batch_size` training samples with the mode mixture `mix` and collate them."""
+               code_cache: CodeCache | None, vision_size: int, p_uncond: float = 0.0, max_objects: int = 3) -> Batch:
+    """Draw `batch_size` training samples with the mode mixture `mix` and collate them.
+
+    `max_objects` caps the objects of the scenes to draw (t2i, t2ti); see world.make_sample.
+    """
     modes = list(mix)
     probs = np.array([mix[m] for m in modes], dtype=np.float64)
-    samples = [world.make_sample(rng, str(rng.choice(modes, p=probs / probs.sum()))) for _ in range(batch_size)]
+    samples = [world.make_sample(rng, str(rng.choice(modes, p=probs / probs.sum())), max_objects=max_objects)
+               for _ in range(batch_size)]
     uncond = [s.mode in ("t2i", "t2ti") and rng.random() < p_uncond for s in samples]
     out_scenes = [next((p for p in s.answer if not isinstance(p, str)), None) for s in samples]
     wanted = [sc for sc in out_scenes if sc is not None]

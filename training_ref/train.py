@@ -57,7 +57,20 @@ class Stage:
     mix: tuple[tuple[str, float], ...]  # data modes and their shares
     lr: float
     p_uncond: float = 0.0
+    # (share of the steps, max objects in the scenes to draw) phases, in order; after the last
+    # phase scenes have 1-3 objects. Single objects first teach the adapter to bind a colour
+    # word to the object it draws (measured: without it the drawn colour ignores the prompt).
+    curriculum: tuple[tuple[float, int], ...] = ()
 
+    def max_objects(self, step: int, steps: int) -> int:
+        """The object cap of the scenes drawn at `step` of `steps`."""
+        for share, cap in self.curriculum:
+            if step < share * steps:
+                return cap
+        return 3
+
+
+CURRICULUM = ((0.3, 1), (0.5, 2))  # the stages that first learn to draw: 1 object, then <= 2, then 1-3
 
 STAGES = {
     "vq": Stage("vq", ("vqgan",), 0.0, 0.0, (), 1e-3),
@@ -66,11 +79,12 @@ STAGES = {
     "what": Stage("what", ("new_embeddings", "text_head"), 1.0, 0.0,
                   (("t2t", 0.1), ("ti2t", 0.3), ("t2i", 0.3), ("t2ti", 0.3)), 2e-3),
     "how": Stage("how", ("new_embeddings", "adapter", "visual_head"), 0.0, 1.0,
-                 (("t2i", 0.6), ("t2ti", 0.4)), 2e-3, p_uncond=0.1),
+                 (("t2i", 0.6), ("t2ti", 0.4)), 2e-3, p_uncond=0.1, curriculum=CURRICULUM),
     "better": Stage("better", ("new_embeddings", "text_head", "adapter", "visual_head"), 1.0, 1.0,
                     (("t2t", 0.1), ("ti2t", 0.3), ("t2i", 0.2), ("t2ti", 0.4)), 5e-4, p_uncond=0.1),
     "onestage": Stage("onestage", ("new_embeddings", "text_head", "adapter", "visual_head"), 1.0, 1.0,
-                      (("t2t", 0.1), ("ti2t", 0.3), ("t2i", 0.3), ("t2ti", 0.3)), 2e-3, p_uncond=0.1),
+                      (("t2t", 0.1), ("ti2t", 0.3), ("t2i", 0.3), ("t2ti", 0.3)), 2e-3, p_uncond=0.1,
+                      curriculum=CURRICULUM),
 }
 WOHG = ("what", "how", "better")
 
@@ -178,7 +192,8 @@ def train_stage(model: ArmorModel, tokenizer, stage: Stage, out_dir: Path, steps
         rng = np.random.default_rng([seed, list(STAGES).index(stage.name), step, rank])
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, stage.lr)
-        loss, stats = step_fn(model, loss_module, stage, rng, batch_size, tokenizer, codes, vision_size)
+        loss, stats = step_fn(model, loss_module, stage, rng, batch_size, tokenizer, codes, vision_size,
+                              stage.max_objects(step, steps))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -196,12 +211,13 @@ def train_stage(model: ArmorModel, tokenizer, stage: Stage, out_dir: Path, steps
     return model
 
 
-def _armor_step(model, loss_module, stage, rng, batch_size, tokenizer, codes, vision_size):
-    batch = make_batch(rng, dict(stage.mix), batch_size, tokenizer, model.config, codes, vision_size, stage.p_uncond)
+def _armor_step(model, loss_module, stage, rng, batch_size, tokenizer, codes, vision_size, max_objects):
+    batch = make_batch(rng, dict(stage.mix), batch_size, tokenizer, model.config, codes, vision_size, stage.p_uncond,
+                       max_objects)
     return loss_module(batch)
 
 
-def _vq_step(model, loss_module, stage, rng, batch_size, tokenizer, codes, vision_size):
+def _vq_step(model, loss_module, stage, rng, batch_size, tokenizer, codes, vision_size, max_objects):
     res = model.config.vqgan["resolution"]
     pixels = torch.from_numpy(np.stack([to_unit_range(world.render(world.sample_scene(rng), res), res)
                                         for _ in range(batch_size)]))

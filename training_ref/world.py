@@ -204,15 +204,18 @@ def _random_scene(rng: np.random.Generator, n_objects: int) -> Scene:
     ])
 
 
-def sample_scene(rng: np.random.Generator, n_objects: int | None = None, heldout: bool = False) -> Scene:
+def sample_scene(rng: np.random.Generator, n_objects: int | None = None, heldout: bool = False,
+                 max_objects: int = 3) -> Scene:
     """A random scene of the train split (or of the held-out split with heldout=True).
 
-    n_objects None draws 1, 2 or 3 uniformly. Rejection sampling on `is_heldout`.
+    n_objects None draws 1..max_objects uniformly. Rejection sampling on `is_heldout`.
     """
     if n_objects is not None and not 1 <= n_objects <= 3:
         raise ValueError(f"n_objects must be 1, 2 or 3, got {n_objects}")
+    if not 1 <= max_objects <= 3:
+        raise ValueError(f"max_objects must be 1, 2 or 3, got {max_objects}")
     for _ in range(10_000):
-        n = n_objects if n_objects is not None else int(rng.integers(1, 4))
+        n = n_objects if n_objects is not None else int(rng.integers(1, max_objects + 1))
         scene = _random_scene(rng, n)
         if is_heldout(scene) == heldout:
             return scene
@@ -362,10 +365,12 @@ def total_sentence(n: int) -> str:
     return "there is 1 shape in total." if n == 1 else f"there are {n} shapes in total."
 
 
-def make_sample(rng: np.random.Generator, mode: str, heldout: bool = False) -> Sample:
+def make_sample(rng: np.random.Generator, mode: str, heldout: bool = False, max_objects: int = 3) -> Sample:
     """A random sample of `mode`; scenes come from the held-out split with heldout=True.
 
-    t2t ignores `heldout` (no scene). Deterministic given the generator's state.
+    t2t ignores `heldout` (no scene). `max_objects` caps the scenes the model is asked to draw
+    (t2i, t2ti: the training curriculum); understanding scenes (ti2t) keep 1-3 objects.
+    Deterministic given the generator's state; the default draws the same stream as before.
     """
     if mode == "t2t":
         prompt, answer = _make_t2t(rng)
@@ -373,14 +378,14 @@ def make_sample(rng: np.random.Generator, mode: str, heldout: bool = False) -> S
     if mode == "ti2t":
         return _make_ti2t(rng, heldout)
     if mode == "t2i":
-        scene = sample_scene(rng, heldout=heldout)
+        scene = sample_scene(rng, heldout=heldout, max_objects=max_objects)
         return Sample(mode="t2i", prompt=f"{_pick(rng, T2I_VERBS)} {describe(scene)}.", answer=[scene])
     if mode == "t2ti":
         if rng.random() < 0.25:
-            scene = sample_scene(rng, heldout=heldout)
+            scene = sample_scene(rng, heldout=heldout, max_objects=max_objects)
             prompt = _pick(rng, T2TI_FREE_TEMPLATES)
         else:
-            scene = sample_scene(rng, n_objects=int(rng.integers(1, 4)), heldout=heldout)
+            scene = sample_scene(rng, n_objects=int(rng.integers(1, max_objects + 1)), heldout=heldout)
             prompt = _pick(rng, T2TI_TEMPLATES).format(count=count_phrase(len(scene)))
         answer: list[AnswerPart] = [f"here is {describe(scene)}.", scene, total_sentence(len(scene))]
         return Sample(mode="t2ti", prompt=prompt, answer=answer)

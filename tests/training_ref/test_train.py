@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from runtime.constants import CONFIG_FILE, MODEL_FILE, TRAIN_STATE_FILE
+from training_ref import train
 from training_ref.checkpoint import load_checkpoint
 from training_ref.cli import main
 
@@ -77,3 +78,12 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     check = json.loads((out / "ddp_check.json").read_text())
     assert check["world_size"] == 2 and check["max_param_sum_diff"] <= 1e-9 and check["n_params"] > 0
+
+
+def test_curriculum_draws_single_objects_first():
+    how = train.STAGES["how"]
+    caps = [how.max_objects(s, 1000) for s in range(1000)]
+    assert caps[0] == 1 and caps[-1] == 3 and caps == sorted(caps)  # 1, then <= 2, then 1-3
+    assert sum(c == 1 for c in caps) == round(train.CURRICULUM[0][0] * 1000)
+    assert train.STAGES["onestage"].curriculum == how.curriculum  # the ablation sees the same data
+    assert all(train.STAGES[s].max_objects(0, 10) == 3 for s in ("what", "better"))

@@ -102,6 +102,22 @@ def test_sample_scene_shapes() -> None:
         world.sample_scene(rng, n_objects=4)
 
 
+def test_max_objects_caps_only_the_scenes_to_draw() -> None:
+    for cap in (1, 2):
+        rng = np.random.default_rng(cap)
+        for mode in ("t2i", "t2ti"):
+            counts = {len(next(p for p in world.make_sample(rng, mode, max_objects=cap).answer if not isinstance(p, str)))
+                      for _ in range(200)}
+            assert counts == set(range(1, cap + 1))
+        assert max(len(world.make_sample(rng, "ti2t", max_objects=cap).image) for _ in range(200)) == 3
+    for mode in world.MODES:  # the default cap draws the same stream (held-out sets do not move)
+        rng1, rng2 = np.random.default_rng(3), np.random.default_rng(3)
+        assert [world.make_sample(rng1, mode) for _ in range(20)] == \
+            [world.make_sample(rng2, mode, max_objects=3) for _ in range(20)]
+    with pytest.raises(ValueError):
+        world.sample_scene(np.random.default_rng(0), max_objects=0)
+
+
 def test_samples_are_deterministic_for_a_seed() -> None:
     for mode in world.MODES:
         rng1, rng2 = np.random.default_rng(8), np.random.default_rng(8)
