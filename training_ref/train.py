@@ -58,8 +58,9 @@ class Stage:
     lr: float
     p_uncond: float = 0.0
     # (share of the steps, max objects in the scenes to draw) phases, in order; after the last
-    # phase scenes have 1-3 objects. Single objects first teach the adapter to bind a colour
-    # word to the object it draws (measured: without it the drawn colour ignores the prompt).
+    # phase scenes have 1-3 objects. Single objects first make the drawn colour follow the
+    # prompt's colour word (measured on tiny, 200 held-out prompts, 2-block adapter: colour
+    # 0.22 -> 0.32, all-correct 0.035 -> 0.065; README).
     curriculum: tuple[tuple[float, int], ...] = ()
 
     def max_objects(self, step: int, steps: int) -> int:
