@@ -130,7 +130,8 @@ def collate(items: list[Encoded], cfg: ArmorConfig, vision_size: int) -> Batch:
 
 
 def make_batch(rng: np.random.Generator, mix: dict[str, float], batch_size: int, tokenizer, cfg: ArmorConfig,
-               code_cache: CodeCache | None, vision_size: int, p_uncond: float = 0.0, max_objects: int = 3) -> Batch:
+               code_cache: CodeCache | None, vision_size: int, p_uncond: float = 0.0,
+               max_objects: int = world.MAX_OBJECTS) -> Batch:
     """Draw `batch_size` training samples with the mode mixture `mix` and collate them.
 
     `max_objects` caps the objects of the scenes to draw (t2i, t2ti); see world.make_sample.

@@ -58,8 +58,8 @@ class Stage:
     lr: float
     p_uncond: float = 0.0
     # (share of the steps, max objects in the scenes to draw) phases, in order; after the last
-    # phase scenes have 1-3 objects. Single objects first make the drawn colour follow the
-    # prompt's colour word (measured on tiny, 200 held-out prompts, 2-block adapter: colour
+    # phase scenes have 1..world.MAX_OBJECTS objects. Single objects first make the drawn colour
+    # follow the prompt's colour word (measured on tiny, 200 held-out prompts, 2-block adapter: colour
     # 0.22 -> 0.32, all-correct 0.035 -> 0.065; README).
     curriculum: tuple[tuple[float, int], ...] = ()
 
@@ -68,7 +68,7 @@ class Stage:
         for share, cap in self.curriculum:
             if step < share * steps:
                 return cap
-        return 3
+        return world.MAX_OBJECTS
 
 
 CURRICULUM = ((0.3, 1), (0.5, 2))  # the stages that first learn to draw: 1 object, then <= 2, then 1-3
@@ -218,7 +218,7 @@ def _armor_step(model, loss_module, stage, rng, batch_size, tokenizer, codes, vi
     return loss_module(batch)
 
 
-def _vq_step(model, loss_module, stage, rng, batch_size, tokenizer, codes, vision_size, max_objects):
+def _vq_step(model, loss_module, stage, rng, batch_size, tokenizer, codes, vision_size, _max_objects):
     res = model.config.vqgan["resolution"]
     pixels = torch.from_numpy(np.stack([to_unit_range(world.render(world.sample_scene(rng), res), res)
                                         for _ in range(batch_size)]))

@@ -46,6 +46,7 @@ POSITION_INDEX: dict[str, int] = {p: i for i, p in enumerate(POSITIONS)}
 RADIUS_FRACTION: dict[str, float] = {"small": 0.24, "large": 0.40}
 SQUARE_SIDE_FACTOR = 0.9  # square side = 2 r * 0.9
 
+MAX_OBJECTS = 3  # a scene holds 1..MAX_OBJECTS objects
 MODES: tuple[str, ...] = ("t2t", "ti2t", "t2i", "t2ti")
 # VQA question kinds, in the order make_sample draws them from.
 VQA_KINDS: tuple[str, ...] = ("count", "colour", "shape", "size", "where", "exists", "describe")
@@ -205,15 +206,15 @@ def _random_scene(rng: np.random.Generator, n_objects: int) -> Scene:
 
 
 def sample_scene(rng: np.random.Generator, n_objects: int | None = None, heldout: bool = False,
-                 max_objects: int = 3) -> Scene:
+                 max_objects: int = MAX_OBJECTS) -> Scene:
     """A random scene of the train split (or of the held-out split with heldout=True).
 
     n_objects None draws 1..max_objects uniformly. Rejection sampling on `is_heldout`.
     """
-    if n_objects is not None and not 1 <= n_objects <= 3:
-        raise ValueError(f"n_objects must be 1, 2 or 3, got {n_objects}")
-    if not 1 <= max_objects <= 3:
-        raise ValueError(f"max_objects must be 1, 2 or 3, got {max_objects}")
+    if n_objects is not None and not 1 <= n_objects <= MAX_OBJECTS:
+        raise ValueError(f"n_objects must be 1..{MAX_OBJECTS}, got {n_objects}")
+    if not 1 <= max_objects <= MAX_OBJECTS:
+        raise ValueError(f"max_objects must be 1..{MAX_OBJECTS}, got {max_objects}")
     for _ in range(10_000):
         n = n_objects if n_objects is not None else int(rng.integers(1, max_objects + 1))
         scene = _random_scene(rng, n)
@@ -365,7 +366,8 @@ def total_sentence(n: int) -> str:
     return "there is 1 shape in total." if n == 1 else f"there are {n} shapes in total."
 
 
-def make_sample(rng: np.random.Generator, mode: str, heldout: bool = False, max_objects: int = 3) -> Sample:
+def make_sample(rng: np.random.Generator, mode: str, heldout: bool = False,
+                max_objects: int = MAX_OBJECTS) -> Sample:
     """A random sample of `mode`; scenes come from the held-out split with heldout=True.
 
     t2t ignores `heldout` (no scene). `max_objects` caps the scenes the model is asked to draw
