@@ -22,8 +22,8 @@ and reading "what to draw" from the prompt's own hidden states, in their order, 
 adapter find each object's phrase ("a large red triangle at the top left") by its position
 words; the cost is one adapter prefill over the context per image, and the adapter still
 never runs for text tokens. (Measured on the shapes world: shape, size, position and count
-follow the prompt; colour about half the time, as the frozen decoder does not carry it to the
-position words; a deeper adapter and a single-object curriculum got it there. See the README's
+follow the prompt; colour, which the frozen decoder does not carry to the position words, came
+last and needed a deeper adapter, a single-object curriculum and a longer `how`. See the README's
 tiny checkpoint section.)
 
 This file knows no training, optimizer, export or sampling code.

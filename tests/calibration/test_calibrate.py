@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from calibration import PLANS, SCHEMES, CalibrationError, GateError, Settings, calibrate_bundle, readers
+from calibration.calibrate import INT4_KEEPS_8_BITS
 from calibration.cli import main as calibrate_main
 from runtime import ArmorPipeline
 from runtime.bundle import open_bundle, sha256
@@ -97,9 +98,11 @@ def test_scheme_graphs_hold_quantized_nodes(quantized):
         else:
             bits = {a.i for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
             assert bits == ({4, 8} if name in ("decoder", "text_model") and arg == 4 else {arg}), (name, bits)
-            if arg == 4:  # the MLP down projections (and the text model's lm_head) keep 8 bits
+            if arg == 4:  # down and value projections (and the text model's lm_head) keep 8 bits
                 eight = manifest["calibration"]["graphs"][name]["eight_bit_nodes"]
-                assert eight and all("down_proj" in n or "lm_head" in n for n in eight)
+                kept = {p for p in INT4_KEEPS_8_BITS if any(p in n for n in eight)}
+                assert kept >= {"/mlp/down_proj/", "/self_attn/v_proj/"}, eight
+                assert all(any(p in n for p in INT4_KEEPS_8_BITS) for n in eight), eight
     for name in set(manifest["graphs"]) - set(PLANS[scheme]):  # untouched graphs are byte-identical copies
         assert manifest["files"][f"{name}.onnx"]["precision"] == "fp32"
 
@@ -168,13 +171,17 @@ def test_bad_inputs_are_one_clear_error(quantized, random_bundle, tmp_path, caps
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_tiny_bundle_within_the_gates(scheme, tiny_bundle, tmp_path):
     """The defaults on the trained model: the gates hold (measured on the shipped checkpoint:
-    VQA drop -1.0 / 0.0 / -1.0 points of 51.0 and ShapeEval all-correct drop 2.5 / 0.0 / 2.5 points
-    of 27.5 (limit 3) for int8 / int8-weight / int4-weight; text-mode top-1 0.94 / 0.99 / 0.98,
-    image-mode 0.999 / 0.999 / 0.996), and the quantized bundle still draws."""
+    VQA drop -2.0 / -2.0 / -1.0 points of 50.5 and ShapeEval all-correct drop 0.0 / 0.0 / 2.5 points
+    of 87.5 (limit 3) for int8 / int8-weight / int4-weight; text-mode KL 6.6e-3 / 6.5e-5 / 5.2e-4
+    nats, top-1 0.88 / 0.98 / 0.97; image-mode top-1 0.999 / 1.000 / 1.000), and the quantized
+    bundle still draws. KL is the tighter floor: the decoder is the previous checkpoint's (frozen
+    through WoHG) and int8's KL did not move (7.0e-3 before), while its top-1 fell 0.94 -> 0.88
+    with the new text head."""
     manifest = calibrate_bundle(tiny_bundle, tmp_path / scheme, Settings(scheme=scheme, progress=False))
     acc = manifest["accuracy"]
     assert acc["gates"]["passed"], acc["gates"]
-    assert acc["graphs"]["text_mode"]["top1_agreement"] > 0.9 and acc["graphs"]["image_mode"]["top1_agreement"] > 0.85
+    assert acc["graphs"]["text_mode"]["kl"] < 1e-2, acc["graphs"]["text_mode"]
+    assert acc["graphs"]["text_mode"]["top1_agreement"] > 0.85 and acc["graphs"]["image_mode"]["top1_agreement"] > 0.85
     with ArmorPipeline.load(tmp_path / scheme) as pipe:
         parts = pipe.chat([{"role": "user", "content": "draw a large red circle at the center."}], max_new_tokens=8)
     assert any(isinstance(p, Image.Image) for p in parts)
