@@ -30,6 +30,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-verify", action="store_true", help="skip the numerical verification against PyTorch")
     p.add_argument("--overwrite", action="store_true", help="replace a bundle already in --out")
     p.add_argument("--no-text-model", action="store_true", help="skip text/ (the onnxruntime-genai text path)")
+    p.add_argument("--kv-cache", default="dynamic", choices=("dynamic", "static"),
+                   help="the decoder's cache form: dynamic (past grows by a Concat in the graph) or static "
+                        "(fixed capacity, the runtime writes new rows in place; the TensorRT form)")
+    p.add_argument("--max-context", type=int, help="the static cache's capacity in tokens (default: the model's "
+                                                    "context length)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -47,7 +52,7 @@ def main(argv=None) -> int:
     try:
         manifest = export_bundle(args.checkpoint, args.out, dtype=args.dtype, verify=not args.no_verify,
                                  overwrite=args.overwrite, with_text_model=not args.no_text_model,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, kv_cache=args.kv_cache, max_context=args.max_context)
     except ArmorError as e:
         print(f"armor-export: error: {e}", file=sys.stderr)
         return 1

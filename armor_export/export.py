@@ -24,6 +24,7 @@ from armor_export import manifest as mf
 from armor_export import text_model
 from armor_export.graphs import (DecoderGraph, TextHeadGraph, VisionEncoderGraph, VisualHeadGraph,
                                  VQDecoderGraph, export_graph)
+from armor_export.static_decoder import StaticDecoderGraph
 from armor_export.verify import verify_bundle
 from runtime.constants import EMBEDDINGS_FILE, MANIFEST_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from runtime.errors import ArmorError
@@ -34,20 +35,24 @@ from training_ref.model import ArmorModel
 log = logging.getLogger(__name__)
 
 DTYPES = ("fp32", "fp16")
+KV_CACHE_FORMS = ("dynamic", "static")
 
 
 class ExportError(ArmorError):
     """The export cannot proceed or its verification failed."""
 
 
-def model_summary(model: ArmorModel) -> dict:
+def model_summary(model: ArmorModel, kv_cache: str = "dynamic", max_context: int | None = None) -> dict:
     """What the runtime needs to know about the model, for `manifest["model"]`."""
     cfg = model.config
     text = model.mllm.config.text_config
+    cache = {"kv_cache": kv_cache}
+    if kv_cache == "static":
+        cache["kv_capacity"] = int(max_context or cfg.context_length)
     return {
-        "preset": cfg.preset,
+        "preset": cfg.preset, "architecture": text.model_type, **cache,
         "n_layers": text.num_hidden_layers, "n_heads": text.num_attention_heads,
-        "n_kv_heads": text.num_key_value_heads, "head_dim": text.hidden_size // text.num_attention_heads,
+        "n_kv_heads": text.num_key_value_heads, "head_dim": cfg.head_dim,
         "hidden_size": text.hidden_size, "n_text_vocab": cfg.n_text_vocab, "n_codes": cfg.n_codes,
         "n_new": cfg.n_new, "vocab_size": cfg.vocab_size, "image_grid": list(cfg.image_grid),
         "image_size": cfg.vqgan["resolution"], "vision_image_size": model.mllm.config.vision_config.image_size[0],
@@ -68,10 +73,18 @@ def examples(model: ArmorModel, summary: dict) -> dict[str, tuple]:
     s = summary["vision_image_size"]
     gh, gw = summary["image_grid"]
     past = tuple(torch.randn(kv, generator=g) for _ in range(2 * summary["n_layers"]))
+    positions = torch.arange(p, p + t).expand(b, t).contiguous()
+    if summary["kv_cache"] == "static":  # a fixed-capacity cache with its first p slots filled
+        n = summary["kv_capacity"]
+        cache_mask = torch.zeros(b, n, dtype=torch.long)
+        cache_mask[:, :p] = 1
+        decoder = (torch.randn(b, t, h, generator=g), torch.ones(b, t, dtype=torch.long), cache_mask, positions,
+                   *[torch.randn(b, kv[1], n, kv[3], generator=g) for _ in past])
+    else:
+        decoder = (torch.randn(b, t, h, generator=g), torch.ones(b, p + t, dtype=torch.long), positions, *past)
     return {
         "vision_encoder": (torch.randn(b, 3, s, s, generator=g),),
-        "decoder": (torch.randn(b, t, h, generator=g), torch.ones(b, p + t, dtype=torch.long),
-                    torch.arange(p, p + t).expand(b, t).contiguous(), *past),
+        "decoder": decoder,
         "text_head": (torch.randn(b, t, h, generator=g),),
         "visual_head": (torch.randn(b, t, h, generator=g), torch.ones(b, p + t, dtype=torch.long),
                         torch.arange(1, 1 + t).expand(b, t).contiguous(),
@@ -85,17 +98,26 @@ WRAPPERS = {"vision_encoder": VisionEncoderGraph, "decoder": DecoderGraph, "text
 
 
 def export_bundle(checkpoint: Path, out: Path, dtype: str = "fp32", verify: bool = True, overwrite: bool = False,
-                  with_text_model: bool = True, progress: bool = True) -> dict:
-    """Export `checkpoint` into the bundle folder `out`; returns the manifest."""
+                  with_text_model: bool = True, progress: bool = True, kv_cache: str = "dynamic",
+                  max_context: int | None = None) -> dict:
+    """Export `checkpoint` into the bundle folder `out`; returns the manifest. `kv_cache`
+    "static" writes the fixed-capacity decoder (capacity `max_context`, default the model's
+    context length)."""
     if dtype not in DTYPES:
         raise ExportError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    read_config(checkpoint)  # a clear error for a missing or foreign checkpoint, before any work
+    if kv_cache not in KV_CACHE_FORMS:
+        raise ExportError(f"--kv-cache must be one of {', '.join(KV_CACHE_FORMS)}, got {kv_cache!r}")
+    if max_context is not None and kv_cache != "static":
+        raise ExportError("--max-context sets the static cache's capacity: pass it with --kv-cache static")
+    cfg = read_config(checkpoint)  # a clear error for a missing or foreign checkpoint, before any work
+    if max_context is not None and not 1 <= max_context <= cfg.context_length:
+        raise ExportError(f"--max-context must be in 1..{cfg.context_length} (the model's context), got {max_context}")
     out = Path(out)
     if (out / MANIFEST_FILE).exists() and not overwrite:
         raise ExportError(f"{out} already holds a bundle; pass --overwrite to replace it")
     t0 = time.time()
     model, tokenizer = load_checkpoint(checkpoint)
-    summary = model_summary(model)
+    summary = model_summary(model, kv_cache, max_context)
     _check_disk(out, summary["parameters"], dtype, with_text_model)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_FILE).unlink(missing_ok=True)  # from here on, `out` is not a bundle
@@ -118,7 +140,8 @@ def export_bundle(checkpoint: Path, out: Path, dtype: str = "fp32", verify: bool
             shutil.copy(Path(checkpoint) / TOKENIZER_CONFIG_FILE, out / TOKENIZER_CONFIG_FILE)
             files[TOKENIZER_CONFIG_FILE] = {"role": "tokenizer_config"}
         else:
-            written = export_graph(WRAPPERS[name](model).eval(), ex[name], specs[name], out / specs[name].filename)
+            wrapper = StaticDecoderGraph if name == "decoder" and kv_cache == "static" else WRAPPERS[name]
+            written = export_graph(wrapper(model).eval(), ex[name], specs[name], out / specs[name].filename)
             if dtype == "fp16":
                 written = mf.convert_fp16(written[0])
             for i, path in enumerate(written):

@@ -23,7 +23,7 @@ from training_ref.model import ArmorModel
 
 def _spec(model: ArmorModel):
     t = model.mllm.config.text_config
-    return text_model_spec(t.num_hidden_layers, t.num_key_value_heads, t.hidden_size // t.num_attention_heads,
+    return text_model_spec(t.num_hidden_layers, t.num_key_value_heads, model.config.head_dim,
                            model.config.n_text_vocab)
 
 
@@ -34,7 +34,7 @@ def export_text_model(model: ArmorModel, tokenizer, out: Path, dtype: str) -> li
     out.mkdir(parents=True, exist_ok=True)
     spec = _spec(model)
     t = model.mllm.config.text_config
-    kv, hd = t.num_key_value_heads, t.hidden_size // t.num_attention_heads
+    kv, hd = t.num_key_value_heads, model.config.head_dim
     g = torch.Generator().manual_seed(0)
     example = (torch.randint(0, model.config.n_text_vocab, (2, 3), generator=g), torch.ones(2, 7, dtype=torch.long),
                torch.arange(4, 7).expand(2, 3).contiguous(),
@@ -69,7 +69,7 @@ def genai_config(model: ArmorModel, dtype: str) -> dict:
             "decoder": {
                 "filename": "model.onnx",
                 "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
-                "head_size": t.hidden_size // t.num_attention_heads, "hidden_size": t.hidden_size,
+                "head_size": model.config.head_dim, "hidden_size": t.hidden_size,
                 "num_attention_heads": t.num_attention_heads, "num_hidden_layers": t.num_hidden_layers,
                 "num_key_value_heads": t.num_key_value_heads,
                 "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
@@ -92,7 +92,7 @@ def verify_text_model(model: ArmorModel, text_dir: Path, dtype: str) -> dict:
 
     spec = _spec(model)
     t = model.mllm.config.text_config
-    kv, hd = t.num_key_value_heads, t.hidden_size // t.num_attention_heads
+    kv, hd = t.num_key_value_heads, model.config.head_dim
     cmp = Comparator(session(text_dir / "model.onnx"), TextModelGraph(model).eval(), spec, dtype)
     g = torch.Generator().manual_seed(99)
     ids = torch.randint(10, model.config.n_text_vocab, (1, 10), generator=g)

@@ -7,7 +7,9 @@ their VQGAN codes, tokenized prompts) and is compared with PyTorch:
 
 with (atol, rtol) = (1e-4, 1e-3) for fp32 bundles and (5e-2, 5e-2) for fp16. The decoder is
 checked through a prefill plus 16 cached decode steps, at batch 1 and on a batch-2
-left-padded pair (only real positions compared); logits are also compared by top-1.
+left-padded pair (only real positions compared); logits are also compared by top-1. A
+static-cache decoder is compared with the reference decoder over the filled slots
+(`StaticDecoderReference`), its new key/value rows written into a fixed-capacity cache.
 `onnx.checker` runs its full check on every graph. This module knows the graph wrappers
 and ORT sessions, not the manifest.
 """
@@ -24,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from armor_export.graphs import DecoderGraph, TextHeadGraph, VisionEncoderGraph, VisualHeadGraph, VQDecoderGraph
+from armor_export.static_decoder import StaticDecoderReference
 from runtime.chat import format_chat
 from runtime.graphs import GraphSpec
 from runtime.image import preprocess, to_unit_range
@@ -53,7 +56,9 @@ class Comparator:
         self.passed = True
         self.top1_total = self.top1_same = 0
 
-    def run(self, *inputs: torch.Tensor, top1_output: int | None = None, valid=None) -> list[np.ndarray]:
+    def run(self, *inputs: torch.Tensor, top1_output: int | None = None, valid=None, valid_rows=None) -> list[np.ndarray]:
+        """`valid` [B, T] bool: compare only these positions of output 0; `valid_rows` [B, T]:
+        likewise for the other outputs' axis 2 (new key/value rows of a static decoder)."""
         feeds = {name: (t.numpy().astype(self.float) if t.is_floating_point() else t.numpy())
                  for name, t in zip(self.spec.input_names, inputs)}
         got = self.sess.run(self.spec.output_names, feeds)
@@ -64,6 +69,8 @@ class Comparator:
             g = g.astype(np.float32)
             if valid is not None and i == 0:  # only real (non-padding) positions of the main output
                 r, g = r[valid], g[valid]
+            elif valid_rows is not None and i > 0:
+                r, g = r.transpose(0, 2, 1, 3)[valid_rows], g.transpose(0, 2, 1, 3)[valid_rows]
             err = float(np.abs(r - g).max()) if r.size else 0.0
             self.max_abs = max(self.max_abs, err)
             if err > self.atol + self.rtol * float(np.abs(r).max() if r.size else 0.0):
@@ -88,8 +95,10 @@ def verify_bundle(model: ArmorModel, out: Path, specs: dict[str, GraphSpec], dty
     for name in tqdm(specs, desc="verify", disable=not progress):
         path = out / specs[name].filename
         onnx.checker.check_model(str(path), full_check=True)
-        cmp = Comparator(session(path), _MODULES[name](model).eval(), specs[name], dtype)
-        _CHECKS[name](cmp, model, g, tokenizer)
+        static = name == "decoder" and "cache_mask" in specs[name].input_names
+        module = StaticDecoderReference(model) if static else _MODULES[name](model)
+        cmp = Comparator(session(path), module.eval(), specs[name], dtype)
+        (_check_static_decoder if static else _CHECKS[name])(cmp, model, g, tokenizer)
         checks[name] = {**cmp.report(), "onnx_checker": "passed"}
         log.info("%s: %s", name, checks[name])
     text_dir = out / "text"
@@ -144,12 +153,10 @@ def _check_vq(cmp: Comparator, model: ArmorModel, g, tokenizer) -> None:
         cmp.run(model.vqgan.encode(pixels))
 
 
-def _check_decoder(cmp: Comparator, model: ArmorModel, g, tokenizer) -> None:
-    """Prefill + DECODE_STEPS greedy steps: random ids at batch 1 and as a batch-2 left-padded
-    pair, then a real chat prompt (random ids are used when no tokenizer is given)."""
+def _decoder_cases(model: ArmorModel, g, tokenizer):
+    """Random ids at batch 1 and as a batch-2 left-padded pair, then a real chat prompt (random
+    ids when no tokenizer is given): (ids [B, T], left-padding mask [B, T], positions [B, T])."""
     cfg = model.config
-    text = model.mllm.config.text_config
-    kv, hd = text.num_key_value_heads, text.hidden_size // text.num_attention_heads
     cases = [torch.randint(10, cfg.n_text_vocab, (1, 12), generator=g),
              torch.randint(10, cfg.n_text_vocab, (2, 12), generator=g)]
     if tokenizer is not None:
@@ -161,16 +168,53 @@ def _check_decoder(cmp: Comparator, model: ArmorModel, g, tokenizer) -> None:
         mask = torch.zeros(b, t, dtype=torch.long)
         for i, n in enumerate(lengths):
             mask[i, t - n:] = 1  # left padding
-        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        yield ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
+
+
+def _next_embeds(model: ArmorModel, hidden: torch.Tensor) -> torch.Tensor:
+    """The greedy next text token's embedding [B, 1, H] after the newest hidden state."""
+    with torch.no_grad():
+        nxt = model.text_logits(hidden[:, -1:]).argmax(-1).clamp(max=model.config.n_text_vocab - 1)  # [B, 1]
+        return model.embed(nxt)
+
+
+def _check_static_decoder(cmp: Comparator, model: ArmorModel, g, tokenizer) -> None:
+    """The static-cache decoder over the same cases: prefill into an empty fixed-capacity cache,
+    then DECODE_STEPS greedy steps, each step's new key/value rows written at the next slot."""
+    text = model.mllm.config.text_config
+    kv, hd, n_layers = text.num_key_value_heads, model.config.head_dim, text.num_hidden_layers
+    capacity = cmp.spec.inputs[cmp.spec.input_names.index("cache_mask")].axes[1]
+    for ids, mask, pos in _decoder_cases(model, g, tokenizer):
+        b, t = ids.shape
+        cache = [torch.zeros(b, kv, capacity, hd) for _ in range(2 * n_layers)]
+        cache_mask = torch.zeros(b, capacity, dtype=torch.long)
+        with torch.no_grad():
+            x = model.embed(ids)
+        new_mask, width = mask, 0
+        for _ in range(DECODE_STEPS + 1):
+            valid = new_mask.bool().numpy()
+            outs = cmp.run(x, new_mask, cache_mask, pos, *cache, valid=valid, valid_rows=valid)
+            n = x.shape[1]
+            for buf, rows in zip(cache, outs[1:]):
+                buf[:, :, width:width + n] = rows
+            cache_mask[:, width:width + n] = new_mask
+            width += n
+            x, new_mask, pos = _next_embeds(model, outs[0]), torch.ones(b, 1, dtype=torch.long), pos[:, -1:] + 1
+
+
+def _check_decoder(cmp: Comparator, model: ArmorModel, g, tokenizer) -> None:
+    """Prefill + DECODE_STEPS greedy steps over `_decoder_cases`."""
+    text = model.mllm.config.text_config
+    kv, hd = text.num_key_value_heads, model.config.head_dim
+    for ids, mask, pos in _decoder_cases(model, g, tokenizer):
+        b, t = ids.shape
         past = [torch.zeros(b, kv, 0, hd) for _ in range(2 * text.num_hidden_layers)]
         with torch.no_grad():
             x = model.embed(ids)
         outs = cmp.run(x, mask, pos, *past, valid=mask.bool().numpy())
         for _ in range(DECODE_STEPS):
             hidden, present = outs[0], outs[1:]
-            with torch.no_grad():
-                nxt = model.text_logits(hidden[:, -1:]).argmax(-1).clamp(max=cfg.n_text_vocab - 1)  # [B, 1]
-                x = model.embed(nxt)
+            x = _next_embeds(model, hidden)
             mask = torch.cat([mask, torch.ones(b, 1, dtype=torch.long)], 1)
             pos = pos[:, -1:] + 1
             outs = cmp.run(x, mask, pos, *present)

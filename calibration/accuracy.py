@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from calibration.quantize import cosine
 from runtime.constants import IM_END
-from runtime.engine import BundleModel
-from runtime.generation import adapter_positions, prepare_prompt
+from runtime.model import BundleModel
+from runtime.generation import prepare_prompt
 from runtime.image import preprocess
 from runtime.pipeline import ArmorPipeline
 from training_ref import world
@@ -59,15 +59,10 @@ def compare_logits(ref: np.ndarray, test: np.ndarray) -> dict:
 
 def _hidden(model: BundleModel, ids: list[int], images: list) -> np.ndarray:
     """One prefill of `ids` (input images in their placeholders) -> hidden states [1, T, H]."""
-    embeds = model.embed(np.asarray([ids], np.int64))
+    image_embeds = None
     if images:
-        pixels = np.stack([preprocess(im, model.vision_size) for im in images])
-        slots = np.flatnonzero(np.asarray(ids) == model.image_token_id)
-        embeds[0, slots] = model.encode_images(pixels).reshape(-1, embeds.shape[-1])
-    t = len(ids)
-    hidden, _ = model.decode(embeds, np.ones((1, t), np.int64), np.arange(t, dtype=np.int64)[None],
-                             model.empty_past(1))
-    return hidden
+        image_embeds = model.encode_images(np.stack([preprocess(im, model.vision_size) for im in images]))
+    return model.start(ids, image_embeds).context()[0]
 
 
 def text_mode_logits(model: BundleModel, tokenizer, samples: list[world.Sample]) -> np.ndarray:
@@ -90,16 +85,16 @@ def image_mode_logits(model: BundleModel, tokenizer, samples: list[world.Sample]
         prompt, _ = prepare_prompt(model, tokenizer, messages_for(s))
         ids = prompt + [space.img_bos] + [space.image_index_to_id(int(c)) for c in np.asarray(grid).ravel()]
         hidden = _hidden(model, ids, [])[:, : len(prompt) + n]  # context, `<imgbos>`, codes but the last
-        mask = np.ones(hidden.shape[:2], np.int64)
-        pos = adapter_positions(model.context_start, mask, n)
-        logits, _ = model.image_logits(hidden, mask, pos, model.empty_adapter_past(1))
-        rows.append(logits[0, len(prompt):, : space.n_codes + 1])  # <imgpad> is never sampled
+        p = len(prompt) + 1
+        cursor = model.image_cursor(hidden[:, :p], np.ones((1, p), np.int64))
+        logits = np.concatenate([cursor.prefill()[:, None], cursor.append(hidden[:, p:])], 1)  # [1, n, C]
+        rows.append(logits[0, :, : space.n_codes + 1])  # <imgpad> is never sampled
     return np.concatenate(rows)
 
 
 def text_model_logits(path, tokenizer, samples: list[world.Sample], n_layers: int, kv_shape: tuple) -> np.ndarray:
     """Logits of text/model.onnx [N, V] at the positions that predict the reference answers of text-only samples."""
-    from runtime.backends import OrtBackend
+    from runtime.backends.ort import OrtBackend
     from runtime.chat import format_chat
     from runtime.graphs import past_names
 
@@ -162,7 +157,8 @@ def graph_report(ref: BundleModel, test: BundleModel, tokenizer, sets: dict, gri
             report["text_model"] = {"unchanged": True}
         else:
             samples = text_only_samples(len(vqa))
-            args = (tokenizer, samples, ref.n_layers, ref.kv_shape)
+            m = ref.bundle.model
+            args = (tokenizer, samples, m["n_layers"], (m["n_kv_heads"], m["head_dim"]))
             report["text_model"] = compare_logits(text_model_logits(text_paths[0], *args),
                                                   text_model_logits(text_paths[1], *args))
     return report

@@ -37,7 +37,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from calibration import accuracy, readers
@@ -45,9 +44,8 @@ from calibration.errors import CalibrationError, GateError
 from calibration.quantize import METHODS, op_counts, quantize_qdq, quantize_weights, scratch_dir, weight_nodes
 from calibration.sensitivity import sensitivity_pass
 from runtime.bundle import Bundle, open_bundle, sha256
-from runtime.constants import EMBEDDINGS_FILE, MANIFEST_FILE
-from runtime.engine import BundleModel
-from runtime.graphs import bundle_graphs
+from runtime.constants import MANIFEST_FILE
+from runtime.model import BundleModel
 from runtime.pipeline import ArmorPipeline
 
 log = logging.getLogger(__name__)
@@ -332,12 +330,7 @@ def _ort_version() -> str:
 
 def _accuracy(src: Bundle, out: Path, manifest: dict, settings: Settings, checkpoint, quantized: set[str]) -> dict:
     """The report of the draft bundle in `out` (opened from the manifest in memory) against `src`."""
-    from tokenizers import Tokenizer
-
-    from runtime.constants import TOKENIZER_FILE
-
-    draft = Bundle(out, manifest, bundle_graphs(manifest["model"]), np.load(out / EMBEDDINGS_FILE, mmap_mode="r"),
-                   Tokenizer.from_file(str(out / TOKENIZER_FILE)))
+    draft = open_bundle(out, verify_hashes=False, manifest=manifest)  # the manifest is written last
     vqgan = readers.load_vqgan(checkpoint) if checkpoint else None
     size = src.model["image_size"]
 

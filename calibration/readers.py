@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from runtime.engine import BundleModel
+from runtime.model import BundleModel
 from runtime.generation import ImageDone, generate
 from runtime.image import load_image, preprocess, to_unit_range
 from runtime.sampling import SamplingParams

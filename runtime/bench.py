@@ -1,18 +1,26 @@
-"""`armor-bench BUNDLE [--checkpoint CKPT] [--device NAME] --out DIR`: speed and memory.
+"""`armor-bench BUNDLE [BUNDLE ...] [--checkpoint CKPT] --out DIR`: speed and memory, as ratios.
 
-Measures, on fixed shapes-world prompts: load time, time to first token (image + question),
-text decode tokens/s (prefill then cached greedy steps, end-of-turn ignored), image tokens/s
-with CFG (one grid of guided steps from `<imgbos>`, so random-weight models are measured
-too), end-to-end image tokens/s and seconds per image over whole t2i generations (when the
-model answers with an image), vision encoder ms, VQ decode ms, peak RSS, size on disk, and
-the decoder alone per cached step with numpy feeds vs ORT IO binding (the KV cache kept as
-OrtValues between steps; `decoder_step_ms`, `decoder_step_ms_iobinding`, bench.json only).
-Several bundles (say fp32, int8-weight, int4-weight) are measured in one command and
-compared with the first; with `--checkpoint`, the same workloads run on the PyTorch
-reference (eager, same weights) and the first bundle is compared with it. Each engine and
-bundle runs in its own fresh process (one after the other), so each peak RSS is its own.
-Writes `bench.json`, `bench.csv` (one row per device, precision and engine) and `bench.png`.
-torch is imported only for `--checkpoint`.
+Every measurement goes through the same public calls a user makes (`ArmorPipeline.generate`),
+on fixed shapes-world prompts:
+- time to first token: a whole `generate(max_new_tokens=1)` on an image + question, up to the
+  first sampled token (`first_token_s`; the PyTorch reference reports the same definition);
+- text tokens/s: `steps` greedy text tokens (end-of-turn and `<imgbos>` held off by a logits
+  processor, so random-weight models are measured too), and per token the time inside graph
+  calls and outside them (sampling, masks, tokenizer, Python: the loop's own cost);
+- image tokens/s with CFG: one guided image (batch 2), started by the logits processor, with
+  its in-graph / outside split per code; seconds per image end to end over t2i prompts when
+  the model draws by itself;
+- the decoder alone per cached single-token step at `--positions` (e.g. 64 and 1024 tokens
+  of context), beside its memory roofline: (weight bytes + KV bytes read per step) / the
+  memory read bandwidth measured in the same command with the same number of threads;
+- vision encoder and VQ decoder ms, the text head per call, peak RSS, size on disk.
+
+Several bundles are compared with the first; with `--checkpoint`, the PyTorch reference runs
+the same workload (`python -m training_ref.bench`, its own process: the runtime imports no
+other package) and the first bundle is compared with it. Each bundle also runs in its own
+fresh process, so each peak RSS is its own. `--soak N` instead runs N mixed generations in
+one process and reports RSS growth (runtime/soak.py). Writes bench.json (the source of truth),
+bench.csv and, with matplotlib installed (the `bench` extra), bench.png.
 """
 
 from __future__ import annotations
@@ -20,10 +28,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
+import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -32,18 +45,24 @@ from tqdm import tqdm
 
 from runtime.errors import ArmorError
 
-TEXT_PROMPT = [{"role": "user", "content": "describe the image."}]
+log = logging.getLogger(__name__)
+
+VQA_QUESTION = "how many shapes are there?"
+TEXT_PROMPT = "describe the image."
 T2I_PROMPTS = ["draw a large red circle at the top left.", "draw a small blue square in the center.",
                "draw a large green triangle at the bottom right and a small yellow circle at the top."]
-CSV_FIELDS = ["device", "precision", "engine", "bundle_mb", "load_s", "ttft_ms", "text_tokens_per_s", "image_tokens_per_s",
-              "image_tokens_per_s_e2e", "s_per_image", "vision_ms", "vq_decode_ms", "peak_rss_mb"]
+CSV_FIELDS = ["device", "precision", "engine", "bundle_mb", "load_s", "ttft_ms", "text_tokens_per_s",
+              "text_outside_ms", "image_tokens_per_s", "image_outside_ms", "image_tokens_per_s_e2e", "s_per_image",
+              "vision_ms", "vq_decode_ms", "text_head_ms", "peak_rss_mb"]
+SPEED_KEYS = ("text_tokens_per_s", "image_tokens_per_s", "image_tokens_per_s_e2e")  # higher is better
+TIME_KEYS = ("ttft_ms", "vision_ms", "vq_decode_ms", "s_per_image")  # lower is better
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _median_ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -53,197 +72,144 @@ def _median_ms(fn, repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def decoder_step_ms(model, ids: list[int], steps: int) -> float:
-    """Prefill `ids`, then ms per cached single-token step through the decoder only (no heads):
-    the cache goes back in as the model returns it (numpy, or OrtValues with IO binding)."""
-    n = len(ids)
-    _, past = model.decode(model.embed(np.asarray([ids])), np.ones((1, n), np.int64), np.arange(n)[None],
-                           model.empty_past(1))
-    x = model.embed(np.asarray([[ids[-1]]]))
-    t = time.perf_counter()
-    for i in range(steps):
-        _, past = model.decode(x, np.ones((1, n + i + 1), np.int64), np.asarray([[n + i]]), past)
-    return (time.perf_counter() - t) * 1e3 / steps
+def workload(out: Path, size: int, steps: int, repeats: int, positions: list[int]) -> dict:
+    """The prompts and settings every engine runs (written as JSON for the reference process)."""
+    from PIL import Image, ImageDraw
+
+    image = out / "probe.png"
+    im = Image.new("RGB", (size, size), "white")
+    ImageDraw.Draw(im).ellipse((size // 8, size // 8, size // 3, size // 3), fill=(220, 40, 40))
+    im.save(image)
+    return {"image": str(image), "vqa": VQA_QUESTION, "text": TEXT_PROMPT, "t2i": T2I_PROMPTS, "steps": steps,
+            "repeats": repeats, "positions": positions}
 
 
-def _decoder_step_pair(m, ids: list[int], steps: int, repeats: int) -> dict:
-    """Numpy feeds vs IO binding on the same sessions, interleaved so drift hits both alike."""
-    from runtime.engine import BundleModel
-
-    paths = {"decoder_step_ms": m, "decoder_step_ms_iobinding": BundleModel(m.bundle, m.backends, io_binding=True)}
-    times = {k: [] for k in paths}
-    for r in range(repeats + 1):  # the first round warms up
-        for k, model in paths.items():
-            ms = decoder_step_ms(model, ids, steps)
-            if r:
-                times[k].append(ms)
-    out = {k: statistics.median(v) for k, v in times.items()}
-    out["decoder_step_iobinding_speedup"] = out["decoder_step_ms"] / out["decoder_step_ms_iobinding"]
-    return out
+def no_stop(space):
+    """A text processor that never lets the answer end or start an image (text decode runs)."""
+    def process(i, logits):
+        logits = logits.copy()
+        logits[[space.eos, space.n_text_vocab]] = -np.inf  # head index V is <imgbos>
+        return logits
+    return process
 
 
-def bench_runtime(bundle: Path, device: str, steps: int, repeats: int, threads: int | None) -> dict:
-    from runtime.generation import Done, prepare_prompt
+def start_image(space):
+    """A text processor whose first token is `<imgbos>` (one image, whatever the weights)."""
+    def process(i, logits):
+        if i == 0:
+            logits = np.full_like(logits, -np.inf)
+            logits[space.n_text_vocab] = 0.0
+        return logits
+    return process
+
+
+def bench_runtime(bundle: Path, backend: str, device: str, work: dict, threads: int | None, options: dict) -> dict:
+    """Every runtime measurement of one bundle (runs in a fresh process)."""
+    from runtime.generation import Done
     from runtime.image import preprocess
     from runtime.pipeline import ArmorPipeline
-    from runtime.sampling import Sampler, SamplingParams
 
     t0 = time.perf_counter()
-    pipe = ArmorPipeline.load(bundle, device=device, threads=threads)
+    pipe = ArmorPipeline.load(bundle, backend=backend, device=device, threads=threads, **options)
     load_s = time.perf_counter() - t0
-    m, tok = pipe.model, pipe.tokenizer
-    image = _probe_image(m.vision_size)
-    vqa = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "how many shapes are there?"}]}]
-    ttft = []
-    for _ in range(repeats):
-        done = [e for e in pipe.generate(vqa, max_new_tokens=1) if isinstance(e, Done)][0]
-        ttft.append(done.timings["first_token_s"])
-
-    def text_decode():  # prefill, then `steps` cached greedy steps through decoder + text head
-        from runtime.generation import _Stream, prepare_prompt
-
-        ids, _ = prepare_prompt(m, tok, TEXT_PROMPT)
-        stream, sampler = _Stream(m, m.embed(np.asarray([ids])), {}), Sampler(SamplingParams())
-        t = time.perf_counter()
-        for _ in range(steps):
-            idx = sampler(m.text_logits(stream.last)[0, -1])
-            stream.feed([min(idx, m.space.n_text_vocab - 1)])
-        return steps / (time.perf_counter() - t)
-
-    def image_decode():  # one image's worth of CFG steps: batch-2 decoder + adapter per code
-        from runtime.generation import UNCONDITIONAL_MESSAGES, _AdapterCursor, _merge_for_cfg, _Stream, prepare_prompt
-
-        ids, _ = prepare_prompt(m, tok, [{"role": "user", "content": T2I_PROMPTS[0]}])
-        uncond, _ = prepare_prompt(m, tok, UNCONDITIONAL_MESSAGES)
-        t = time.perf_counter()
-        cond = _Stream(m, m.embed(np.asarray([ids + [m.space.img_bos]])), {})
-        stream = _merge_for_cfg(cond, _Stream(m, m.embed(np.asarray([uncond + [m.space.img_bos]])), {}))
-        adapter, codes = _AdapterCursor(m, stream), []
-        for _ in range(m.grid[0] * m.grid[1]):
-            logits = adapter.logits()
-            code = int(np.argmax(logits[1, :m.space.n_codes] + 3.0 * (logits[0] - logits[1])[:m.space.n_codes]))
-            codes.append(code)
-            stream.feed([m.space.n_text_vocab + code])
-            adapter.advance()
-        return len(codes) / (time.perf_counter() - t)
-
-    text_tps = statistics.median(text_decode() for _ in range(repeats))
-    img_tps = statistics.median(image_decode() for _ in range(repeats))
-    step_ms = _decoder_step_pair(m, prepare_prompt(m, tok, TEXT_PROMPT)[0], steps, repeats)
-    e2e_tps, s_img = _image_runs(lambda msgs: [e for e in pipe.generate(msgs, max_new_tokens=4, cfg_scale=3.0)
-                                               if isinstance(e, Done)][0],
-                                 lambda done: (done.image_tokens, done.timings["total_s"]))
-    pixels = np.stack([preprocess(image, m.vision_size)])
+    m = pipe.model
+    done = lambda msgs, **kw: next(e for e in pipe.generate(msgs, **kw) if isinstance(e, Done))  # noqa: E731
+    user = lambda content: [{"role": "user", "content": content}]  # noqa: E731
+    vqa = user([{"type": "image", "image": work["image"]}, {"type": "text", "text": work["vqa"]}])
+    repeats, steps = work["repeats"], work["steps"]
+    ttft = statistics.median(done(vqa, max_new_tokens=1).timings["first_token_s"] for _ in range(repeats))
+    texts = [done(user(work["text"]), max_new_tokens=steps, text_processor=no_stop(m.space)) for _ in range(repeats)]
+    text = min(texts, key=lambda d: d.timings["text_s"])  # the quietest repeat
+    images = [done(user(work["t2i"][0]), max_new_tokens=1, cfg_scale=3.0, text_processor=start_image(m.space))
+              for _ in range(repeats)]
+    image = min(images, key=lambda d: d.timings["image_s"])
+    e2e_tokens = e2e_seconds = n_images = 0
+    for prompt in work["t2i"]:
+        d = done(user(prompt), max_new_tokens=64)
+        if d.image_tokens:
+            e2e_tokens, e2e_seconds, n_images = e2e_tokens + d.image_tokens, e2e_seconds + d.timings["total_s"], n_images + 1
+    pixels = preprocess(work["image"], m.vision_size)[None]
     codes = np.zeros((1, *m.grid), np.int64)
-    out = {"engine": "runtime", "load_s": load_s, "ttft_ms": statistics.median(ttft) * 1e3,
-           "text_tokens_per_s": text_tps, "image_tokens_per_s": img_tps, "s_per_image": s_img,
-           "image_tokens_per_s_e2e": e2e_tps,
-           "vision_ms": _median_ms(lambda: m.encode_images(pixels), repeats * 3),
-           "vq_decode_ms": _median_ms(lambda: m.decode_image(codes), repeats * 3), **step_ms,
-           "peak_rss_mb": peak_rss_mb()}
+    hidden = np.zeros((1, 1, m.table.shape[1]), m.float)
+    t, i = text.timings, image.timings
+    out = {"engine": "runtime", "backend": backend, "load_s": load_s, "ttft_ms": ttft * 1e3,
+           "text_tokens_per_s": text.text_tokens / t["text_s"],
+           "text_graph_ms": t["text_graph_s"] / text.text_tokens * 1e3,
+           "text_outside_ms": (t["text_s"] - t["text_graph_s"]) / text.text_tokens * 1e3,
+           "image_tokens_per_s": image.image_tokens / i["image_s"],
+           "image_graph_ms": i["image_graph_s"] / image.image_tokens * 1e3,
+           "image_outside_ms": (i["image_s"] - i["image_graph_s"]) / image.image_tokens * 1e3,
+           "image_tokens_per_s_e2e": e2e_tokens / e2e_seconds if n_images else float("nan"),
+           "s_per_image": e2e_seconds / n_images if n_images else float("nan"),
+           "vision_ms": median_ms(lambda: m.encode_images(pixels), repeats * 3),
+           "vq_decode_ms": median_ms(lambda: m.decode_image(codes), repeats * 3),
+           "text_head_ms": median_ms(lambda: m.text_logits(hidden), repeats * 10),
+           **decoder_steps(m, work["positions"], steps, repeats)}
+    out["text_outside_share"] = out["text_outside_ms"] / (out["text_graph_ms"] + out["text_outside_ms"])
+    out["image_outside_share"] = out["image_outside_ms"] / (out["image_graph_ms"] + out["image_outside_ms"])
+    out["peak_rss_mb"] = peak_rss_mb()
     pipe.close()
     return out
 
 
-def bench_reference(checkpoint: Path, bundle_dtype: str, steps: int, repeats: int) -> dict:
-    import torch
+def decoder_steps(model, positions: list[int], steps: int, repeats: int) -> dict:
+    """ms per cached single-token decoder step (no head) after a context of P tokens, per P."""
+    out = {}
+    rng = np.random.default_rng(0)
+    for p in positions:
+        if p + steps + 1 > model.context_length:
+            out[f"decoder_step_ms@{p}"] = float("nan")
+            continue
+        times = []
+        for _ in range(repeats):
+            stream = model.start(rng.integers(10, model.space.n_text_vocab, p))
+            stream.append([11])  # warm-up step
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                stream.append([12])
+            times.append((time.perf_counter() - t0) / steps)
+        out[f"decoder_step_ms@{p}"] = min(times) * 1e3
+    return out
 
-    from runtime.sampling import SamplingParams
-    from training_ref.checkpoint import load_checkpoint
-    from training_ref.generate import _Stream, generate
 
-    t0 = time.perf_counter()
-    model, tok = load_checkpoint(checkpoint)
-    load_s = time.perf_counter() - t0
-    size = model.mllm.config.vision_config.image_size[0]
-    image = _probe_image(size)
-    vqa = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "how many shapes are there?"}]}]
-    ttft = []
+def read_bandwidth_gbs(threads: int, mib: int = 512, repeats: int = 5) -> float:
+    """The best memory read bandwidth (GB/s) of `threads` threads summing their own arrays
+    (numpy releases the GIL in reductions), each array far larger than the caches."""
+    arrays = [np.ones(mib * 2**20 // 4 // threads, np.float32) for _ in range(threads)]
+    best = 0.0
     for _ in range(repeats):
-        t = time.perf_counter()
-        generate(model, tok, vqa, max_new_tokens=1)
-        ttft.append(time.perf_counter() - t)
-
-    @torch.no_grad()
-    def text_decode():
-        from runtime.chat import format_chat
-
-        ids = tok.encode(format_chat(TEXT_PROMPT, model.config.n_image_tokens), add_special_tokens=False).ids
-        stream = _Stream(model, ids)
-        t = time.perf_counter()
-        for _ in range(steps):
-            idx = int(model.text_logits(stream.last)[0, -1].argmax())
-            stream.feed([min(idx, model.config.n_text_vocab - 1)])
-        return steps / (time.perf_counter() - t)
-
-    @torch.no_grad()
-    def image_decode():  # the reference's CFG: two batch-1 streams, adapter per stream
-        from runtime.chat import format_chat
-
-        cfg = model.config
-        enc = lambda msgs: tok.encode(format_chat(msgs, cfg.n_image_tokens), add_special_tokens=False).ids  # noqa: E731
-        t = time.perf_counter()
-        cond = _Stream(model, enc([{"role": "user", "content": T2I_PROMPTS[0]}]) + [cfg.img_bos_id])
-        uncond = _Stream(model, enc([{"role": "user", "content": ""}]) + [cfg.img_bos_id])
-        pc = pu = None
-        for i in range(cfg.n_grid):
-            lc, pc = cond.image_logits(i, pc)
-            lu, pu = uncond.image_logits(i, pu)
-            code = int((lu + 3.0 * (lc - lu))[0, -1, :cfg.n_codes].argmax())
-            cond.feed([cfg.code_offset + code])
-            uncond.feed([cfg.code_offset + code])
-        return cfg.n_grid / (time.perf_counter() - t)
-
-    text_tps = statistics.median(text_decode() for _ in range(repeats))
-    img_tps = statistics.median(image_decode() for _ in range(repeats))
-    n_img = model.config.n_grid + 2
-
-    def run_t2i(msgs):
-        t = time.perf_counter()
-        out = generate(model, tok, msgs, max_new_tokens=4, cfg_scale=3.0, sampling=SamplingParams())
-        return out, time.perf_counter() - t
-
-    e2e_tps, s_img = _image_runs(run_t2i, lambda r: (n_img if any(not isinstance(p, str) for p in r[0]) else 0, r[1]))
-    from runtime.image import preprocess
-
-    pixels = torch.from_numpy(np.stack([preprocess(image, size)]))
-    codes = torch.zeros((1, *model.config.image_grid), dtype=torch.long)
-    with torch.no_grad():
-        vision_ms = _median_ms(lambda: model.encode_images(pixels), repeats * 3)
-        vq_ms = _median_ms(lambda: model.vqgan.decode(codes), repeats * 3)
-    return {"engine": "pytorch", "load_s": load_s, "ttft_ms": statistics.median(ttft) * 1e3,
-            "text_tokens_per_s": text_tps, "image_tokens_per_s": img_tps, "s_per_image": s_img,
-            "image_tokens_per_s_e2e": e2e_tps, "vision_ms": vision_ms, "vq_decode_ms": vq_ms, "peak_rss_mb": peak_rss_mb()}
+        workers = [threading.Thread(target=np.add.reduce, args=(a,)) for a in arrays]
+        t0 = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best = max(best, sum(a.nbytes for a in arrays) / (time.perf_counter() - t0) / 1e9)
+    return best
 
 
-def _image_runs(run, count) -> tuple[float, float]:
-    """Image tokens/s and seconds per image over the t2i prompts (only runs that made an image)."""
-    tokens = seconds = images = 0
-    for prompt in T2I_PROMPTS:
-        n, s = count(run([{"role": "user", "content": prompt}]))
-        if n:
-            tokens, seconds, images = tokens + n, seconds + s, images + 1
-    if not images:
-        return float("nan"), float("nan")
-    return tokens / seconds, seconds / images
-
-
-def _probe_image(size: int):
-    from PIL import Image, ImageDraw
-
-    im = Image.new("RGB", (size, size), "white")
-    ImageDraw.Draw(im).ellipse((size // 8, size // 8, size // 3, size // 3), fill=(220, 40, 40))
-    return im
-
-
-SPEED_KEYS = ("text_tokens_per_s", "image_tokens_per_s", "image_tokens_per_s_e2e")  # higher is better
-TIME_KEYS = ("ttft_ms", "vision_ms", "vq_decode_ms", "s_per_image")  # lower is better
+def roofline(manifest: dict, positions: list[int], bandwidth_gbs: float) -> dict:
+    """ms per decoder step if it only had to read its weights and its KV cache once at
+    `bandwidth_gbs`: weight bytes from the decoder's files, KV bytes at each position."""
+    m = manifest["model"]
+    weights = sum(f["bytes"] for f in manifest["files"].values() if f["role"] in ("decoder", "decoder.weights"))
+    elem = 2 if manifest["dtype"] == "fp16" else 4
+    kv_row = 2 * m["n_layers"] * m["n_kv_heads"] * m["head_dim"] * elem  # bytes per cached token
+    out = {"decoder_weight_mb": weights / 1e6}
+    for p in positions:
+        read = m.get("kv_capacity", p) if m.get("kv_cache") == "static" else p
+        out[f"roofline_ms@{p}"] = (weights + kv_row * read) / (bandwidth_gbs * 1e9) * 1e3
+    return out
 
 
 def ratios_against(row: dict, base: dict) -> dict:
     """How many times faster `row` is than `base` on every metric both measured."""
-    out = {k: row[k] / base[k] for k in SPEED_KEYS if base[k] and np.isfinite(base[k]) and np.isfinite(row[k])}
-    out.update({f"{k}_speedup": base[k] / row[k] for k in TIME_KEYS if row[k] and np.isfinite(row[k])})
+    ok = lambda v: isinstance(v, (int, float)) and np.isfinite(v) and v > 0  # noqa: E731
+    out = {k: row[k] / base[k] for k in SPEED_KEYS if ok(base.get(k)) and ok(row.get(k))}
+    out.update({f"{k}_speedup": base[k] / row[k] for k in TIME_KEYS if ok(base.get(k)) and ok(row.get(k))})
+    for k in row:
+        if k.startswith("decoder_step_ms@") and ok(row[k]) and ok(base.get(k)):
+            out[f"{k}_speedup"] = base[k] / row[k]
     return out
 
 
@@ -255,41 +221,56 @@ def write_outputs(out: Path, rows: list[dict], meta: dict) -> dict:
     ref = next((r for r in rows if r["engine"] == "pytorch"), None)
     ratios = ratios_against(runtime_rows[0], ref) if runtime_rows and ref else {}
     vs_first = {f"{r['precision']} ({r['bundle']})": ratios_against(r, runtime_rows[0]) for r in runtime_rows[1:]}
-    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows, "ratios": ratios,
-                                                "ratios_vs_first_bundle": vs_first}, indent=2))
-    with open(out / "bench.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    _atomic_write(out / "bench.json", json.dumps({"meta": meta, "rows": rows, "ratios": ratios,
+                                                  "ratios_vs_first_bundle": vs_first}, indent=2))
+    extra = sorted({k for r in rows for k in r if "@" in k})
+    fields = CSV_FIELDS + extra
+    with open(out / "bench.csv.tmp", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
-    _chart(out / "bench.png", rows)
+    os.replace(out / "bench.csv.tmp", out / "bench.csv")
+    chart(out / "bench.png", rows)
     return {"pytorch": ratios, **vs_first}
 
 
-def _chart(path: Path, rows: list[dict]) -> None:
-    """A small bar chart of tokens/s per engine (Pillow only)."""
-    from PIL import Image, ImageDraw
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
-    metrics = ["text_tokens_per_s", "image_tokens_per_s"]
-    w, h, pad = max(640, 180 * len(rows) + 80), 320, 40
-    im = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(im)
-    top = max((r[m] for r in rows for m in metrics if np.isfinite(r[m])), default=1.0) or 1.0
-    colours = [(60, 110, 200), (230, 140, 40), (80, 170, 90)]
-    group_w = (w - 2 * pad) / len(metrics)
-    bar_w = group_w / (len(rows) + 1)
-    for gi, m in enumerate(metrics):
-        x0 = pad + gi * group_w
-        d.text((x0, h - pad + 8), m.replace("_", " "), fill="black")
-        for ri, r in enumerate(rows):
-            v = r[m] if np.isfinite(r[m]) else 0.0
-            bh = (h - 2 * pad) * v / top
-            x = x0 + ri * bar_w
-            d.rectangle((x, h - pad - bh, x + bar_w * 0.9, h - pad), fill=colours[ri % 3])
-            d.text((x, h - pad - bh - 12), f"{v:.0f}", fill="black")
-    for ri, r in enumerate(rows):
-        d.text((pad + ri * 180, 8), f"{r['engine']} ({r['device']}, {r['precision']})", fill=colours[ri % 3])
-    im.save(path)
+
+def chart(path: Path, rows: list[dict]) -> None:
+    """Tokens/s per engine with each bar's ratio to the first row (matplotlib, when installed)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib is not installed (the `bench` extra): no bench.png; bench.json and bench.csv are written")
+        return
+    metrics = [("text_tokens_per_s", "text decode"), ("image_tokens_per_s", "image decode (CFG)")]
+    labels = [f"{r['engine']} {r['precision']}\n{r['device']}" for r in rows]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 + 1.6 * len(rows), 3.6))
+    for ax, (key, title) in zip(axes, metrics):
+        values = [r.get(key, float("nan")) for r in rows]
+        bars = ax.bar(range(len(rows)), values, color=[f"C{i}" for i in range(len(rows))])
+        base = values[0]
+        for bar, v in zip(bars, values):
+            if np.isfinite(v):
+                ax.annotate(f"{v:.0f}\n({v / base:.2f}x)", (bar.get_x() + bar.get_width() / 2, v), ha="center",
+                            va="bottom", fontsize=8)
+        ax.set_xticks(range(len(rows)), labels, fontsize=7)
+        ax.set_ylabel("tokens / s")
+        ax.set_title(title, fontsize=10)
+        ax.margins(y=0.25)
+    fig.suptitle("armor-bench (ratios against the first row)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path.with_name(path.name + ".tmp.png"), dpi=110)
+    plt.close(fig)
+    os.replace(path.with_name(path.name + ".tmp.png"), path)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -297,11 +278,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("bundles", type=Path, nargs="+", metavar="BUNDLE",
                    help="one or more bundles (e.g. fp32 then its quantized versions); the first is the baseline")
     p.add_argument("--checkpoint", type=Path, help="also run the PyTorch reference on this checkpoint")
+    p.add_argument("--backend", default="ort", help="ort, tensorrt or llamacpp (default ort)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=64, help="text decode steps per run")
+    p.add_argument("--steps", type=int, default=64, help="text tokens and decoder steps per run")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--positions", default="64", help="context lengths of the decoder-step timing, e.g. 64,1024")
     p.add_argument("--threads", type=int)
+    p.add_argument("--ort-spinning", action="store_true", help="let ORT's intra-op threads spin between calls")
+    p.add_argument("--soak", type=int, metavar="N", help="instead: N mixed generations in one process, RSS series")
     return p.parse_args(argv)
 
 
@@ -314,50 +299,85 @@ def _in_child(fn, *args) -> dict:
         return pool.submit(fn, *args).result()
 
 
+def _reference(checkpoint: Path, work_file: Path, threads: int | None) -> dict:
+    """The PyTorch reference's numbers from its own process (training_ref's public bench entry)."""
+    result = work_file.with_name("reference.json")
+    cmd = [sys.executable, "-m", "training_ref.bench", str(checkpoint), "--workload", str(work_file),
+           "--out", str(result)] + (["--threads", str(threads)] if threads else [])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ArmorError(f"the PyTorch reference failed (needs the `train` extra): {tail}")
+    return json.loads(result.read_text())
+
+
 def _size_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**20
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.steps < 1 or args.repeats < 1:
-        print("armor-bench: error: --steps and --repeats must be >= 1", file=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        positions = [int(p) for p in args.positions.split(",") if p.strip()]
+    except ValueError:
+        positions = []
+    if args.steps < 1 or args.repeats < 1 or not positions or min(positions) < 1:
+        print("armor-bench: error: --steps and --repeats must be >= 1 and --positions a list of whole numbers >= 1 "
+              "(e.g. 64,1024)", file=sys.stderr)
         return 2
+    if args.soak is not None:
+        from runtime.soak import main as soak_main
+
+        return soak_main(args)
+    options = {"allow_spinning": True} if args.ort_spinning else {}
     try:
         from runtime.bundle import open_bundle
 
-        jobs = []
-        for bundle in args.bundles:
-            manifest = open_bundle(bundle, verify_hashes=False).manifest
-            jobs.append((bundle, manifest.get("calibration", {}).get("scheme") or manifest["dtype"]))
-        rows = []
-        for bundle, precision in tqdm(jobs, desc="bench"):
-            r = _in_child(bench_runtime, bundle, args.device, args.steps, args.repeats, args.threads)
-            rows.append({"device": args.device, "precision": precision, "bundle": str(bundle),
-                         "bundle_mb": _size_mb(bundle), **r})
-        if args.checkpoint:
-            r = _in_child(bench_reference, args.checkpoint, jobs[0][1], args.steps, args.repeats)
-            rows.append({"device": "cpu", "precision": "fp32", "bundle": str(args.checkpoint),
-                         "bundle_mb": _size_mb(args.checkpoint), **r})
+        manifests = [open_bundle(b, verify_hashes=False).manifest for b in args.bundles]
+        jobs = [(b, m.get("calibration", {}).get("scheme") or m["dtype"], m) for b, m in zip(args.bundles, manifests)]
+        threads = args.threads or os.cpu_count() or 1
+        bandwidth = read_bandwidth_gbs(threads)
+        args.out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=args.out) as tmp:
+            work = workload(Path(tmp), manifests[0]["model"]["vision_image_size"], args.steps, args.repeats, positions)
+            work_file = Path(tmp) / "workload.json"
+            work_file.write_text(json.dumps(work))
+            rows = []
+            for bundle, precision, manifest in tqdm(jobs, desc="bench"):
+                r = _in_child(bench_runtime, bundle, args.backend, args.device, work, args.threads, options)
+                rows.append({"device": args.device, "precision": precision, "bundle": str(bundle),
+                             "kv_cache": manifest["model"]["kv_cache"], "bundle_mb": _size_mb(bundle), **r,
+                             **roofline(manifest, positions, bandwidth)})
+            if args.checkpoint:
+                r = _reference(args.checkpoint, work_file, args.threads)
+                rows.append({"device": "cpu", "precision": "fp32", "bundle": str(args.checkpoint),
+                             "bundle_mb": _size_mb(args.checkpoint), **r})
     except ArmorError as e:
         print(f"armor-bench: error: {e}", file=sys.stderr)
         return 1
     meta = {"bundles": [str(b) for b in args.bundles], "checkpoint": str(args.checkpoint) if args.checkpoint else None,
             "machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version(),
-            "steps": args.steps, "repeats": args.repeats, "threads": args.threads,
+            "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps, "repeats": args.repeats,
+            "positions": positions, "threads": args.threads, "read_bandwidth_gbs": bandwidth,
+            "bandwidth_threads": threads, "backend": args.backend, "ort_spinning": args.ort_spinning,
             "note": "each engine and bundle is measured in its own fresh process"}
     ratios = write_outputs(args.out, rows, meta)
+    print(f"memory read bandwidth ({threads} threads): {bandwidth:.1f} GB/s")
     for r in rows:
-        print(", ".join(f"{k} {r[k]:.2f}" if isinstance(r[k], float) else f"{k} {r[k]}" for k in CSV_FIELDS))
-    for r in rows:
-        if "decoder_step_ms_iobinding" in r:
-            print(f"decoder step ({r['precision']}): numpy feeds {r['decoder_step_ms']:.2f} ms, IO binding "
-                  f"{r['decoder_step_ms_iobinding']:.2f} ms ({r['decoder_step_iobinding_speedup']:.2f}x)")
+        print(", ".join(f"{k} {r[k]:.2f}" if isinstance(r.get(k), float) else f"{k} {r.get(k)}"
+                        for k in CSV_FIELDS if k in r))
+        for p in positions:
+            step, roof = r.get(f"decoder_step_ms@{p}"), r.get(f"roofline_ms@{p}")
+            if step is not None and np.isfinite(step):
+                vs = f" (roofline {roof:.2f} ms, {step / roof:.2f}x)" if roof else ""
+                print(f"  decoder step @{p}: {step:.2f} ms{vs}")
     for name, vals in ratios.items():
         if vals:
             against = "runtime / pytorch" if name == "pytorch" else f"{name} / {jobs[0][1]} ({jobs[0][0]})"
             print(f"{against}: " + ", ".join(f"{k} {v:.2f}x" for k, v in vals.items()))
-    print(f"armor-bench: wrote {args.out / 'bench.json'}, bench.csv, bench.png")
+    print(f"armor-bench: wrote {args.out / 'bench.json'}, bench.csv" + (", bench.png" if (args.out / "bench.png").exists()
+                                                                        else ""))
     return 0
 
 

@@ -52,18 +52,22 @@ class Bundle:
         raise KeyError(f"{graph} has no tensor {tensor}")
 
 
-def open_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
+def open_bundle(path: str | Path, verify_hashes: bool = True, manifest: dict | None = None) -> Bundle:
+    """Open the bundle folder `path`. `manifest`, if given, is checked and used instead of the
+    folder's manifest.json (a tool's draft before it writes its manifest, last)."""
     path = Path(path)
     if not path.is_dir():
         raise BundleError(f"bundle folder not found: {path}")
     mpath = path / MANIFEST_FILE
-    if not mpath.is_file():
-        raise BundleError(f"{path} is not a bundle (no {MANIFEST_FILE}; an interrupted export leaves none): "
-                          f"run armor-export again")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{mpath} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}): re-export the bundle") from e
+    if manifest is None:
+        if not mpath.is_file():
+            raise BundleError(f"{path} is not a bundle (no {MANIFEST_FILE}; an interrupted export leaves none): "
+                              f"run armor-export again")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BundleError(f"{mpath} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}): "
+                              f"re-export the bundle") from e
     if manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path} is not an ARMOR bundle (format {manifest.get('format')!r})")
     if manifest.get("schema_version") != BUNDLE_SCHEMA_VERSION:
@@ -78,10 +82,7 @@ def open_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
                               f"the file is truncated or altered; re-export the bundle")
         if verify_hashes and sha256(f) != entry["sha256"]:
             raise BundleError(f"{f} does not match its sha256 in the manifest: the file is corrupt or altered")
-    try:
-        graphs = bundle_graphs(manifest["model"])
-    except KeyError as e:
-        raise BundleError(f"{mpath} lacks the model summary field {e}: re-export the bundle") from e
+    graphs = _graph_specs(manifest, mpath)
     embeddings = np.load(path / EMBEDDINGS_FILE, mmap_mode="r")
     m = manifest["model"]
     if embeddings.shape != (m["vocab_size"], m["hidden_size"]):
@@ -89,6 +90,26 @@ def open_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
                           f"({m['vocab_size']}, {m['hidden_size']})")
     tokenizer = Tokenizer.from_file(str(path / TOKENIZER_FILE))
     return Bundle(path, manifest, graphs, embeddings, tokenizer)
+
+
+def _graph_specs(manifest: dict, mpath: Path) -> dict[str, GraphSpec]:
+    """The graph I/O the manifest declares, which must be what this runtime reads for its model."""
+    try:
+        expected = bundle_graphs(manifest["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{mpath} has no valid model summary ({e.__class__.__name__}: {e}): re-export the bundle") from e
+    floats = "float16" if manifest.get("dtype") == "fp16" else "float32"
+    specs = {}
+    for name, spec in expected.items():
+        try:
+            declared = GraphSpec.from_dict(name, manifest["graphs"][name])
+        except (KeyError, TypeError) as e:
+            raise BundleError(f"{mpath} does not declare the I/O of graph {name} ({e}): re-export the bundle") from e
+        if declared != spec.resolved(floats):
+            raise BundleError(f"{mpath} declares {name}'s I/O differently from what this runtime reads for its "
+                              f"model summary: re-export the bundle with the matching armor-export")
+        specs[name] = declared
+    return specs
 
 
 def sha256(path: Path, chunk: int = 1 << 22) -> str:

@@ -24,7 +24,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompt", required=True, help="the user's text")
     p.add_argument("--image", type=Path, action="append", default=[], help="an input image (repeatable)")
     p.add_argument("--out", type=Path, default=Path("armor-out"), help="where generated images are saved")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or tensorrt (ONNX Runtime providers)")
+    p.add_argument("--backend", default="ort", help="ort (ONNX Runtime), tensorrt (native engines) or llamacpp "
+                   "(decoder and text head in llama.cpp from text.gguf); default ort")
+    p.add_argument("--device", default="cpu", help="with --backend ort: cpu, cuda or tensorrt (execution providers)")
+    p.add_argument("--image-decoding", default="sequential", choices=("sequential", "jacobi"),
+                   help="jacobi: several image codes per decoder step (speculative Jacobi decoding)")
+    p.add_argument("--window", type=int, default=8, help="codes per Jacobi step (with --image-decoding jacobi)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0)
@@ -50,12 +55,14 @@ def main(argv=None) -> int:
         for p in args.image:
             if not p.is_file():
                 raise InputError(f"image file not found: {p}")
-        with ArmorPipeline.load(args.bundle, device=args.device, verify_hashes=not args.no_verify_hashes,
-                                threads=args.threads, io_binding=args.io_binding) as pipe:
+        options = {"io_binding": True} if args.io_binding else {}
+        with ArmorPipeline.load(args.bundle, backend=args.backend, device=args.device,
+                                verify_hashes=not args.no_verify_hashes, threads=args.threads, **options) as pipe:
             bar, saved = None, []
             for event in pipe.generate([{"role": "user", "content": content}], max_new_tokens=args.max_new_tokens,
                                        cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
-                                       top_p=args.top_p, seed=args.seed):
+                                       top_p=args.top_p, seed=args.seed, image_decoding=args.image_decoding,
+                                       jacobi_window=args.window):
                 if isinstance(event, TextDelta):
                     sys.stdout.write(event.text)
                     sys.stdout.flush()

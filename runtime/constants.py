@@ -19,6 +19,10 @@ IMG_END = "<imgend>"  # emitted by the visual head (or forced on a full grid): b
 IMG_PAD = "<imgpad>"  # pads image sequences; never sampled
 NEW_SPECIAL_TOKENS = (IMG_BOS, IMG_END, IMG_PAD)
 
+# Classifier-free guidance: the unconditional branch is the chat template with an empty user turn
+# (training drops the condition to exactly this), then `<imgbos>` and the codes so far.
+UNCONDITIONAL_MESSAGES = ({"role": "user", "content": ""},)
+
 # Checkpoint directory (training_ref output, export input).
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -35,5 +39,5 @@ CHECKPOINT_FORMAT = "armor-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 2  # 2: the adapter reads the image's context (one more position row)
 
 BUNDLE_FORMAT = "armor-bundle"
-BUNDLE_SCHEMA_VERSION = 2  # 2: visual_head takes attention_mask + position_ids (the context)
+BUNDLE_SCHEMA_VERSION = 3  # 3: model.kv_cache names the decoder's cache form (dynamic / static)
 GENAI_CONFIG_FILE = "genai_config.json"  # onnxruntime-genai's config, in the bundle's text/

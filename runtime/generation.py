@@ -1,23 +1,20 @@
-"""The autoregressive loop: prefill, cached decode steps, the forward switch, CFG, events.
+"""The autoregressive loop: prefill, cached steps, the forward switch, CFG, events.
 
-It knows token ids, embeddings and KV caches as numpy arrays in the declared layout
-[batch, heads, sequence, head_dim]; it talks to a model object with the calls of
-`engine.BundleModel` (embed, encode_images, decode, text_logits, image_logits,
-decode_image, empty_past, empty_adapter_past) and knows nothing about backends. A decoder
-cache may also come back as opaque values with `.numpy()` (the engine's IO-binding path):
-the loop only hands them back to `decode`, and takes them to numpy where it slices or
-concatenates a cache (an image's start and end).
+It knows token ids, the forward switch and sampling; it talks to a model object with the
+calls of `runtime.model.BundleModel` (start, start_image, encode_images, decode_image) and
+drives the decoder's KV cache only through a stream's operations (append, text_logits, pair,
+row, truncate, length; runtime/cache.py), so it cannot tell which engine it runs on.
 
 TEXT: the text head on the last position only. `<imgbos>` -> IMAGE: the conditional stream
-takes `<imgbos>`; the unconditional prompt (empty user turn + `<imgbos>`, as in training) is
-prefilled; the two caches are merged into one batch-2 cache, the shorter one left-padded
-(masked, with its own positions). The adapter first reads the context: the decoder hidden
-states of every token up to `<imgbos>` (a stream keeps them for this); every image step is
-then one batch-2 decoder call and one batch-2 adapter call; logits = uncond + scale *
-(cond - uncond). A full grid forces
-`<imgend>`: the conditional row of the cache is kept, the last code and `<imgend>` are fed,
-and the loop is back in TEXT. `max_new_tokens` bounds text tokens; an image, once started,
-completes (missing codes after an early `<imgend>` are 0), as in the PyTorch reference.
+takes `<imgbos>`; with guidance the unconditional prompt (empty user turn + `<imgbos>`, as in
+training) is prefilled and paired with it into one batch-2 stream. The adapter first reads
+the context (every hidden state up to `<imgbos>`); each image step is then one batch-2
+decoder call and one batch-2 adapter call (`sequential`), or several codes per call verified
+by speculative Jacobi decoding (`jacobi`, runtime/jacobi.py); logits = uncond + scale *
+(cond - uncond). A full grid forces `<imgend>`: the conditional row is taken back, the last
+code and `<imgend>` are fed, and the loop is back in TEXT. `max_new_tokens` bounds text
+tokens; an image, once started, completes (missing codes after an early `<imgend>` are 0),
+as in the PyTorch reference.
 """
 
 from __future__ import annotations
@@ -31,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from runtime.chat import format_chat
+from runtime.constants import UNCONDITIONAL_MESSAGES
 from runtime.errors import InputError, SamplingError
 from runtime.image import pixels_to_image, preprocess
 from runtime.sampling import Sampler, SamplingParams
@@ -38,7 +36,7 @@ from runtime.switch import ForwardSwitch, Mode
 
 log = logging.getLogger(__name__)
 
-UNCONDITIONAL_MESSAGES = [{"role": "user", "content": ""}]
+IMAGE_DECODING = ("sequential", "jacobi")
 
 
 # --- events ------------------------------------------------------------------------------------
@@ -79,163 +77,112 @@ class Done:
 Event = TextDelta | ImageStarted | ImageProgress | ImageDone | Done
 
 
-# --- the stream of one sequence ------------------------------------------------------------------
-class _Stream:
-    """A batch of sequences sharing one cache: mask [B, L], next positions [B], last hidden,
-    and every hidden state so far (`hidden`, pieces of [B, T, H]: an image's context)."""
+class _Detokenizer:
+    """Streams text for a growing list of ids in linear time: only a short window of ids is
+    decoded per token (held back while it ends in half a UTF-8 character)."""
 
-    def __init__(self, model, embeds: np.ndarray, timer: dict):
-        self.model, self.timer = model, timer
-        b = embeds.shape[0]
-        self.mask = np.ones((b, 0), np.int64)
-        self.next_pos = np.zeros(b, np.int64)
-        self.past = model.empty_past(b)
-        self.hidden: list[np.ndarray] = []
-        self.feed_embeds(embeds)
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.prefix, self.read = tokenizer, [], 0, 0
 
-    def feed_embeds(self, embeds: np.ndarray) -> None:
-        b, t = embeds.shape[:2]
-        pos = self.next_pos[:, None] + np.arange(t)[None]  # [B, T]
-        self.mask = np.concatenate([self.mask, np.ones((b, t), np.int64)], 1)
-        t0 = time.perf_counter()
-        hidden, self.past = self.model.decode(embeds, self.mask, pos, self.past)
-        self.timer["decoder_s"] = self.timer.get("decoder_s", 0.0) + time.perf_counter() - t0
-        self.hidden.append(hidden)
-        self.last = hidden[:, -1:]  # [B, 1, H]
-        self.next_pos = self.next_pos + t
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        return self._advance()
 
-    def feed(self, ids: list[int]) -> None:
-        """The same ids appended to every row."""
-        b = self.mask.shape[0]
-        self.feed_embeds(self.model.embed(np.tile(np.asarray(ids, np.int64)[None], (b, 1))))
+    def _advance(self, final: bool = False) -> str:
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        before = decode(self.ids[self.prefix:self.read])
+        after = decode(self.ids[self.prefix:])
+        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before):]
+        return ""
 
-    @property
-    def length(self) -> int:
-        return self.mask.shape[1]
-
-
-def _host(past: list) -> list[np.ndarray]:
-    """A cache as numpy: device values (IO binding) are copied to the host."""
-    return [p if isinstance(p, np.ndarray) else p.numpy() for p in past]
-
-
-def _merge_for_cfg(cond: _Stream, uncond: _Stream) -> _Stream:
-    """Stack cond (row 0) and uncond (row 1) into one batch-2 stream, uncond left-padded."""
-    pad = cond.length - uncond.length
-    if pad < 0:
-        raise RuntimeError("the unconditional prompt is longer than the conditional sequence")
-    merged = object.__new__(_Stream)
-    merged.model, merged.timer = cond.model, cond.timer
-    padded = [np.concatenate([np.zeros(u.shape[:2] + (pad,) + u.shape[3:], u.dtype), u], 2)
-              for u in _host(uncond.past)]
-    merged.past = [np.concatenate([c, u], 0) for c, u in zip(_host(cond.past), padded)]
-    merged.mask = np.concatenate([cond.mask, np.concatenate([np.zeros((1, pad), np.int64), uncond.mask], 1)], 0)
-    merged.next_pos = np.concatenate([cond.next_pos, uncond.next_pos])
-    merged.last = np.concatenate([cond.last, uncond.last], 0)
-    hu = np.concatenate(uncond.hidden, 1)  # [1, Lu, H]
-    hu = np.concatenate([np.zeros((1, pad, hu.shape[2]), hu.dtype), hu], 1)
-    merged.hidden = [np.concatenate([np.concatenate(cond.hidden, 1), hu], 0)]  # [2, Lc, H]
-    return merged
-
-
-def _row(stream: _Stream, i: int) -> _Stream:
-    """Row i of a batched stream as a batch-1 stream (row 0 of a CFG pair is never padded)."""
-    out = object.__new__(_Stream)
-    out.model, out.timer = stream.model, stream.timer
-    out.past = [np.ascontiguousarray(p[i:i + 1]) for p in _host(stream.past)]
-    out.mask, out.next_pos, out.last = stream.mask[i:i + 1], stream.next_pos[i:i + 1], stream.last[i:i + 1]
-    out.hidden = [h[i:i + 1] for h in stream.hidden]
-    return out
-
-
-def adapter_positions(context_start: int, mask: np.ndarray, n_segment: int) -> np.ndarray:
-    """Adapter positions [B, L] for tokens whose attention mask is `mask` [B, L]: the first
-    L - n_segment are context (token j of a row, left padding skipped, at context_start + j),
-    the last n_segment the image segment (`<imgbos>` = 0, then its codes 1, 2, ...)."""
-    context = context_start + np.maximum(np.cumsum(mask[:, : mask.shape[1] - n_segment], 1) - 1, 0)
-    return np.concatenate([context, np.broadcast_to(np.arange(n_segment), (mask.shape[0], n_segment))], 1)
-
-
-class _AdapterCursor:
-    """The adapter's side of one image over a stream that has just taken `<imgbos>`: the first
-    call reads the context (every hidden state so far), later calls one code each. The
-    adapter's keys are the stream's tokens, so the stream's attention mask is also its mask."""
-
-    def __init__(self, model, stream: _Stream):
-        self.model, self.stream = model, stream
-        context = np.concatenate(stream.hidden, 1)  # [B, L, H]: every token up to `<imgbos>`
-        stream.hidden = [context]
-        self.hidden, self.segment = context, 0  # segment position of the newest input
-        self.pos = adapter_positions(model.context_start, stream.mask, 1)
-        self.past = model.empty_adapter_past(stream.mask.shape[0])
-
-    def logits(self) -> np.ndarray:
-        """Visual-head logits [B, n_codes + 2] for the next code."""
-        logits, self.past = self.model.image_logits(self.hidden, self.stream.mask, self.pos, self.past)
-        return logits[:, -1]
-
-    def advance(self) -> None:
-        """After the stream took the sampled code: that code's hidden state is the next input."""
-        self.segment += 1
-        self.hidden = self.stream.last
-        self.pos = np.full((self.hidden.shape[0], 1), self.segment, np.int64)
+    def flush(self) -> Iterator[TextDelta]:
+        """What was held back at the end of a text segment; then a new segment starts."""
+        rest = self._advance(final=True) if self.read < len(self.ids) else ""
+        self.ids, self.prefix, self.read = [], 0, 0
+        if rest:
+            yield TextDelta(rest)
 
 
 # --- the loop ------------------------------------------------------------------------------------
 def prepare_prompt(model, tokenizer, messages: list[dict]) -> tuple[list[int], list]:
     """Messages -> prompt ids and the input images (in order)."""
-    if not isinstance(messages, list) or not messages:
+    if not isinstance(messages, (list, tuple)) or not messages:
         raise InputError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
     images = []
     for m in messages:
         if not isinstance(m, dict):
-            raise InputError("each message must be a dict with 'role' and 'content'")
-        if isinstance(m.get("content"), list):
-            images += [part.get("image") for part in m["content"] if part.get("type") == "image"]
+            raise InputError(f"each message must be a dict with 'role' and 'content', got {type(m).__name__}")
+        content = m.get("content", "")
+        if isinstance(content, (list, tuple)):
+            for part in content:
+                if not isinstance(part, dict):
+                    raise InputError(f"a content part must be a dict such as {{'type': 'text', 'text': ...}}, "
+                                     f"got {type(part).__name__}")
+                if part.get("type") == "image":
+                    images.append(part.get("image"))
+                elif part.get("type") == "text" and not isinstance(part.get("text"), str):
+                    raise InputError("a text part needs 'text' as a string")
+        elif not isinstance(content, str):
+            raise InputError(f"message content must be a string or a list of parts, got {type(content).__name__}")
     try:
-        prompt = format_chat(messages, model.n_image_tokens)
-    except (ValueError, KeyError, TypeError) as e:
+        prompt = format_chat(list(messages), model.n_image_tokens)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise InputError(f"bad message: {e}") from e
-    ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+    try:
+        ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+    except (TypeError, UnicodeError) as e:  # e.g. a lone surrogate
+        raise InputError(f"the prompt is not valid text ({e.__class__.__name__}): give UTF-8 text") from e
     if len(ids) >= model.context_length:
         raise InputError(f"the prompt is {len(ids)} tokens; the context holds {model.context_length}: shorten it")
     return ids, images
 
 
 def generate(model, tokenizer, messages: list[dict], *, max_new_tokens: int = 128, cfg_scale: float | None = None,
-             sampling: SamplingParams = SamplingParams()) -> Iterator[Event]:
-    """Events of one answer; `cfg_scale` None = the model's default (`model.cfg_scale`)."""
+             sampling: SamplingParams = SamplingParams(), image_decoding: str = "sequential",
+             jacobi_window: int = 8, text_processor=None) -> Iterator[Event]:
+    """Events of one answer; `cfg_scale` None = the model's default (`model.cfg_scale`).
+
+    `text_processor(i, logits) -> logits`, if given, sees the text-head logits [V + 1] of the
+    answer's i-th text token before sampling (as a logits processor does; armor-bench uses it
+    to keep a random-weight model talking or to make it start an image)."""
     cfg_scale = model.cfg_scale if cfg_scale is None else cfg_scale
-    if int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
-        raise SamplingError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens}")
-    if not np.isfinite(cfg_scale) or cfg_scale < 0:
-        raise SamplingError(f"cfg_scale must be a finite number >= 0 (1 = no guidance), got {cfg_scale}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise SamplingError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
+    if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not np.isfinite(cfg_scale) \
+            or cfg_scale < 0:
+        raise SamplingError(f"cfg_scale must be a finite number >= 0 (1 = no guidance), got {cfg_scale!r}")
+    if image_decoding not in IMAGE_DECODING:
+        raise SamplingError(f"image_decoding must be one of {', '.join(IMAGE_DECODING)}, got {image_decoding!r}")
+    if image_decoding == "jacobi" and (isinstance(jacobi_window, bool) or not isinstance(jacobi_window, int)
+                                       or not 2 <= jacobi_window <= 64):
+        raise SamplingError(f"jacobi_window must be a whole number in 2..64, got {jacobi_window!r}")
     t_start = time.perf_counter()
+    graph_start = model.graph_seconds()
     timer: dict = {}
     ids, images = prepare_prompt(model, tokenizer, messages)
     space, sampler = model.space, Sampler(sampling)
     n_grid = model.grid[0] * model.grid[1]
     switch = ForwardSwitch(space, n_grid)
 
-    embeds = model.embed(np.asarray([ids], np.int64))  # [1, T, H]
+    image_embeds = None
     if images:
         t0 = time.perf_counter()
         pixels = np.stack([preprocess(im, model.vision_size) for im in images])
         image_embeds = model.encode_images(pixels)  # [N, n_img, H]
         timer["vision_s"] = time.perf_counter() - t0
-        slots = np.flatnonzero(np.asarray(ids) == model.image_token_id)
-        if len(slots) != image_embeds.shape[0] * image_embeds.shape[1]:
-            raise InputError(f"{len(slots)} image placeholders for {len(images)} images")
-        embeds[0, slots] = image_embeds.reshape(-1, embeds.shape[-1])
-    cond = _Stream(model, embeds, timer)
+        if sum(1 for i in ids if i == model.image_token_id) != image_embeds.shape[0] * image_embeds.shape[1]:
+            raise InputError(f"the prompt's image placeholders do not match its {len(images)} images")
+    cond = model.start(ids, image_embeds)
     timer["prefill_s"] = time.perf_counter() - t_start
-    uncond_ids = tokenizer.encode(format_chat(UNCONDITIONAL_MESSAGES, model.n_image_tokens),
+    uncond_ids = tokenizer.encode(format_chat(list(UNCONDITIONAL_MESSAGES), model.n_image_tokens),
                                   add_special_tokens=False).ids + [space.img_bos]
+    decode_image = _jacobi_image if image_decoding == "jacobi" else _sequential_image
 
-    text_ids: list[int] = []
-    emitted = ""
+    detok = _Detokenizer(tokenizer)
     n_text = n_image_tokens = n_images = 0
-    t_text = t_image = 0.0
+    t_text = t_image = g_text = g_image = 0.0  # wall and in-graph seconds of text and image steps
     finish = "length"
     while True:
         if n_text >= max_new_tokens:
@@ -243,8 +190,10 @@ def generate(model, tokenizer, messages: list[dict], *, max_new_tokens: int = 12
         if cond.length + 1 >= model.context_length:
             finish = "context"
             break
-        t0 = time.perf_counter()
-        logits = model.text_logits(cond.last)[0, -1]  # [V + 1], last position only
+        t0, g0 = time.perf_counter(), model.graph_seconds()
+        logits = cond.text_logits()[0]  # [V + 1], last position only
+        if text_processor is not None:
+            logits = text_processor(n_text, logits)
         token = space.text_index_to_id(sampler(logits))
         n_text += 1
         if n_text == 1:
@@ -253,37 +202,42 @@ def generate(model, tokenizer, messages: list[dict], *, max_new_tokens: int = 12
             finish = "context"  # no room for <imgbos>, the grid and <imgend>
             break
         if switch.step(token) is Mode.DONE:
-            t_text += time.perf_counter() - t0
+            t_text, g_text = t_text + time.perf_counter() - t0, g_text + model.graph_seconds() - g0
             finish = "eos"
             break
         if token != space.img_bos:
-            text_ids.append(token)
-            cond.feed([token])
-            t_text += time.perf_counter() - t0
-            full = tokenizer.decode(text_ids, skip_special_tokens=True)
-            if not full.endswith("\ufffd") and len(full) > len(emitted):  # hold back half a character
-                yield TextDelta(full[len(emitted):])
-                emitted = full
+            cond.append([token])
+            text = detok.add(token)
+            t_text, g_text = t_text + time.perf_counter() - t0, g_text + model.graph_seconds() - g0
+            if text:
+                yield TextDelta(text)
             continue
-        t_text += time.perf_counter() - t0
-        yield from _flush(tokenizer, text_ids, emitted)
-        text_ids, emitted = [], ""
+        t_text, g_text = t_text + time.perf_counter() - t0, g_text + model.graph_seconds() - g0
+        yield from detok.flush()
         yield ImageStarted(n_images, n_grid)
+        t0, g0 = time.perf_counter(), model.graph_seconds()
+        cond.append([token])
+        guided = cfg_scale != 1.0
+        stream = cond.pair(model.start(uncond_ids)) if guided else cond
+        kw = {"window": jacobi_window} if image_decoding == "jacobi" else {}
+        stream, complete = yield from decode_image(model, stream, switch, sampler, cfg_scale, n_images, timer, **kw)
+        cond = stream.row(0) if guided else stream
+        # the conditional row takes <imgend> (after the last code when the grid is full)
+        cond.append([space.n_text_vocab + switch.codes[-1], space.img_end] if complete else [space.img_end])
+        t_image, g_image = t_image + time.perf_counter() - t0, g_image + model.graph_seconds() - g0
+        n_image_tokens += len(switch.codes) + 2  # <imgbos>, the codes, <imgend>
+        codes = np.zeros(n_grid, np.int64)
+        codes[: len(switch.codes)] = switch.codes
         t0 = time.perf_counter()
-        cond.feed([token])
-        cond, codes, complete = yield from _image(model, tokenizer, cond, uncond_ids, switch, sampler, cfg_scale,
-                                                  n_images, timer)
-        t_image += time.perf_counter() - t0
-        n_image_tokens += n_grid + 2
-        t0 = time.perf_counter()
-        pixels = model.decode_image(codes[None])[0]
+        pixels = model.decode_image(codes.reshape(model.grid)[None])[0]
         timer["vq_decode_s"] = timer.get("vq_decode_s", 0.0) + time.perf_counter() - t0
-        yield ImageDone(n_images, pixels_to_image(pixels), codes, complete)
+        yield ImageDone(n_images, pixels_to_image(pixels), codes.reshape(model.grid), complete)
         n_images += 1
-    yield from _flush(tokenizer, text_ids, emitted)
+    yield from detok.flush()
     if switch.mode is not Mode.DONE:
         switch.finish()
-    timer.update(total_s=time.perf_counter() - t_start, text_s=t_text, image_s=t_image)
+    timer.update(total_s=time.perf_counter() - t_start, text_s=t_text, image_s=t_image, text_graph_s=g_text,
+                 image_graph_s=g_image, graph_s=model.graph_seconds() - graph_start)
     if n_text:
         timer["text_tokens_per_s"] = n_text / t_text if t_text else float("inf")
     if n_image_tokens:
@@ -291,46 +245,34 @@ def generate(model, tokenizer, messages: list[dict], *, max_new_tokens: int = 12
     yield Done(finish, n_text, n_image_tokens, timer)
 
 
-def _flush(tokenizer, text_ids: list[int], emitted: str) -> Iterator[TextDelta]:
-    """Whatever text was held back (an incomplete character) at the end of a text segment."""
-    full = tokenizer.decode(text_ids, skip_special_tokens=True)
-    if len(full) > len(emitted):
-        yield TextDelta(full[len(emitted):])
+def guided_logits(logits: np.ndarray, cfg_scale: float, n_codes: int) -> np.ndarray:
+    """Visual-head logits [B, ..., n_codes + 2] -> [..., n_codes + 2] after CFG (batch 2:
+    uncond + scale * (cond - uncond)), `<imgpad>` masked out (it is never sampled)."""
+    out = logits[1] + cfg_scale * (logits[0] - logits[1]) if logits.shape[0] == 2 else logits[0].copy()
+    out[..., n_codes + 1] = -np.inf
+    return out
 
 
-def _image(model, tokenizer, cond: _Stream, uncond_ids, switch, sampler, cfg_scale, index, timer):
-    """IMAGE mode after `<imgbos>` was fed to `cond`; returns (batch-1 cond stream, codes [h, w], complete)."""
+def _sequential_image(model, stream, switch, sampler, cfg_scale, index, timer):
+    """One code per batch-B decoder + adapter step after `<imgbos>`; -> (stream, complete).
+
+    The stream holds every code but the last one sampled (that one goes with `<imgend>`)."""
     space, n_grid = model.space, model.grid[0] * model.grid[1]
-    guided = cfg_scale != 1.0
-    stream = _merge_for_cfg(cond, _Stream(model, model.embed(np.asarray([uncond_ids], np.int64)), timer)) \
-        if guided else cond
-    adapter = _AdapterCursor(model, stream)
-    complete = True
-    for i in range(n_grid):
-        t0 = time.perf_counter()
-        logits = adapter.logits()  # [B, n_codes + 2]
-        timer["adapter_s"] = timer.get("adapter_s", 0.0) + time.perf_counter() - t0
-        if guided:
-            logits = logits[1] + cfg_scale * (logits[0] - logits[1])
-        else:
-            logits = logits[0]
-        logits[space.n_codes + 1] = -np.inf  # <imgpad> is never sampled
-        token = space.image_index_to_id(sampler(logits))
+    cursor = model.start_image(stream)
+    logits = cursor.prefill()  # [B, n_codes + 2]
+    while True:
+        token = space.image_index_to_id(sampler(guided_logits(logits, cfg_scale, space.n_codes)))
         switch.step(token)
-        if token != space.img_end:
-            yield ImageProgress(index, len(switch.codes), n_grid)
         if token == space.img_end:
-            log.warning("the image ended after %d of %d codes; missing codes set to 0", i, n_grid)
-            cond = _row(stream, 0)
-            cond.feed([token])
-            complete = False
-            break
+            log.warning("the image ended after %d of %d codes; missing codes set to 0", len(switch.codes), n_grid)
+            return stream, False
+        yield ImageProgress(index, len(switch.codes), n_grid)
         if switch.grid_full:  # <imgend> is forced, not sampled
-            cond = _row(stream, 0)
-            cond.feed([token, space.img_end])
-            break
-        stream.feed([token])
-        adapter.advance()
-    codes = np.zeros(n_grid, np.int64)
-    codes[: len(switch.codes)] = switch.codes
-    return cond, codes.reshape(model.grid), complete
+            return stream, True
+        logits = cursor.append(stream.append([token]))[:, -1]
+
+
+def _jacobi_image(model, stream, switch, sampler, cfg_scale, index, timer, window: int = 8):
+    from runtime.jacobi import jacobi_image
+
+    return (yield from jacobi_image(model, stream, switch, sampler, cfg_scale, index, timer, window))

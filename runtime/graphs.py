@@ -1,10 +1,18 @@
 """The bundle's graphs: each graph's input/output names, element types and axes, declared once.
 
 The exporter names and shapes its ONNX graphs from these declarations, the runtime feeds
-and reads them by these names, calibration records its inputs under these names. KV names
-follow Hugging Face / Optimum: `past_key_values.{i}.key` in, `present.{i}.key` out, axes
-(batch, heads, sequence, head_dim). A string axis is dynamic (its name becomes the ONNX
-dim_param), an int axis is fixed.
+and reads them by these names and checks every opened graph against them, calibration
+records its inputs under these names. KV names follow Hugging Face / Optimum:
+`past_key_values.{i}.key` in, `present.{i}.key` out, axes (batch, heads, sequence,
+head_dim). A string axis is dynamic (its name becomes the ONNX dim_param), an int axis is
+fixed.
+
+The decoder comes in two cache forms (`manifest["model"]["kv_cache"]`):
+- `dynamic`: the past grows by a Concat in the graph; `present` is past + new tokens.
+- `static`: a fixed-capacity cache `[batch, kv_heads, capacity, head_dim]` goes in with
+  `cache_mask` (1 = filled slot), only the new tokens' key/value rows come out
+  (`present.{i}.key [batch, kv_heads, sequence, head_dim]`), and the runtime writes them into
+  its buffer in place. Shapes are static but for batch and new tokens.
 
 Torch-free; it knows names and axes, not how graphs are built or run.
 """
@@ -15,12 +23,14 @@ from dataclasses import dataclass
 
 FLOAT = "float"  # float32 or float16: the bundle's dtype decides (manifest)
 INT64 = "int64"
+KV_CACHE_FORMS = ("dynamic", "static")
+ELEMENT_TYPES = ("float32", "float16", "int64")
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    dtype: str  # FLOAT or INT64
+    dtype: str  # FLOAT or INT64 in a declaration; float32 / float16 / int64 once resolved for a bundle
     axes: tuple[str | int, ...]
 
 
@@ -47,12 +57,23 @@ class GraphSpec:
         return {t.name: {i: a for i, a in enumerate(t.axes) if isinstance(a, str)}
                 for t in self.inputs + self.outputs}
 
+    def resolved(self, float_type: str) -> "GraphSpec":
+        """The declaration with FLOAT replaced by the bundle's element type (float32 / float16)."""
+        fix = lambda ts: tuple(TensorSpec(t.name, float_type if t.dtype == FLOAT else t.dtype, t.axes) for t in ts)  # noqa: E731
+        return GraphSpec(self.name, fix(self.inputs), fix(self.outputs))
+
     def to_dict(self) -> dict:
         io = lambda ts: [{"name": t.name, "dtype": t.dtype, "axes": list(t.axes)} for t in ts]  # noqa: E731
         return {"inputs": io(self.inputs), "outputs": io(self.outputs)}
 
+    @classmethod
+    def from_dict(cls, name: str, d: dict) -> "GraphSpec":
+        """A manifest's `graphs[name]` entry back as a spec (KeyError/TypeError on a malformed entry)."""
+        io = lambda ts: tuple(TensorSpec(str(t["name"]), str(t["dtype"]), tuple(t["axes"])) for t in ts)  # noqa: E731
+        return cls(name, io(d["inputs"]), io(d["outputs"]))
 
-def _kv(prefix: str, layer: int, seq_axis: str, heads: int, head_dim: int) -> tuple[TensorSpec, TensorSpec]:
+
+def _kv(prefix: str, layer: int, seq_axis: str | int, heads: int, head_dim: int) -> tuple[TensorSpec, TensorSpec]:
     return tuple(TensorSpec(f"{prefix}.{layer}.{kind}", FLOAT, ("batch", heads, seq_axis, head_dim))
                  for kind in ("key", "value"))
 
@@ -74,13 +95,31 @@ def vision_encoder(image_size: int, n_image_tokens: int, hidden: int) -> GraphSp
 
 
 def decoder(n_layers: int, kv_heads: int, head_dim: int, hidden: int) -> GraphSpec:
-    """inputs_embeds + mask + positions + past -> last hidden states (after the final norm) + present."""
+    """Dynamic cache form: inputs_embeds + mask (past + new) + positions + past -> last hidden
+    states (after the final norm) + present (past + new)."""
     past = [t for i in range(n_layers) for t in _kv("past_key_values", i, "past_sequence", kv_heads, head_dim)]
     present = [t for i in range(n_layers) for t in _kv("present", i, "total_sequence", kv_heads, head_dim)]
     return GraphSpec(
         "decoder",
         (TensorSpec("inputs_embeds", FLOAT, ("batch", "sequence", hidden)),
          TensorSpec("attention_mask", INT64, ("batch", "total_sequence")),
+         TensorSpec("position_ids", INT64, ("batch", "sequence")),
+         *past),
+        (TensorSpec("hidden_states", FLOAT, ("batch", "sequence", hidden)), *present),
+    )
+
+
+def static_decoder(n_layers: int, kv_heads: int, head_dim: int, hidden: int, capacity: int) -> GraphSpec:
+    """Static cache form: inputs_embeds + `attention_mask` of the new tokens (0 = left padding)
+    + `cache_mask` of the cache slots (1 = filled) + positions + the fixed-capacity cache ->
+    last hidden states + the new tokens' key/value rows only (no Concat on the cache)."""
+    past = [t for i in range(n_layers) for t in _kv("past_key_values", i, capacity, kv_heads, head_dim)]
+    present = [t for i in range(n_layers) for t in _kv("present", i, "sequence", kv_heads, head_dim)]
+    return GraphSpec(
+        "decoder",
+        (TensorSpec("inputs_embeds", FLOAT, ("batch", "sequence", hidden)),
+         TensorSpec("attention_mask", INT64, ("batch", "sequence")),
+         TensorSpec("cache_mask", INT64, ("batch", capacity)),
          TensorSpec("position_ids", INT64, ("batch", "sequence")),
          *past),
         (TensorSpec("hidden_states", FLOAT, ("batch", "sequence", hidden)), *present),
@@ -98,9 +137,9 @@ def text_head(hidden: int, n_text_logits: int) -> GraphSpec:
 def visual_head(n_layers: int, heads: int, head_dim: int, hidden: int, n_image_logits: int) -> GraphSpec:
     """Adapter + visual head with the adapter's own cache (empty, sequence 0, when an image
     starts). At `<imgbos>` the `context` is the decoder's hidden states of every token before
-    it plus `<imgbos>`'s own; afterwards one code per call. `position_ids` are the adapter's:
-    0..grid for the segment, the manifest's `adapter_context_start` + j for context token j;
-    `attention_mask` covers past + new tokens (0 = left padding)."""
+    it plus `<imgbos>`'s own; afterwards one or more codes per call. `position_ids` are the
+    adapter's: 0..grid for the segment, the manifest's `adapter_context_start` + j for context
+    token j; `attention_mask` covers past + new tokens (0 = left padding)."""
     past = [t for i in range(n_layers) for t in _kv("past_key_values", i, "past_context", heads, head_dim)]
     present = [t for i in range(n_layers) for t in _kv("present", i, "total_context", heads, head_dim)]
     return GraphSpec(
@@ -135,14 +174,43 @@ def text_model(n_layers: int, kv_heads: int, head_dim: int, vocab: int) -> Graph
     )
 
 
+def decoder_spec(m: dict) -> GraphSpec:
+    """The decoder's declaration in the cache form the model summary names."""
+    form = m.get("kv_cache", "dynamic")
+    if form == "static":
+        return static_decoder(m["n_layers"], m["n_kv_heads"], m["head_dim"], m["hidden_size"], m["kv_capacity"])
+    if form != "dynamic":
+        raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHE_FORMS)}, got {form!r}")
+    return decoder(m["n_layers"], m["n_kv_heads"], m["head_dim"], m["hidden_size"])
+
+
 def bundle_graphs(m: dict) -> dict[str, GraphSpec]:
     """Every graph of a bundle from the manifest's model summary (`manifest["model"]`)."""
     grid_h, grid_w = m["image_grid"]
     return {
         "vision_encoder": vision_encoder(m["vision_image_size"], m["n_image_tokens"], m["hidden_size"]),
-        "decoder": decoder(m["n_layers"], m["n_kv_heads"], m["head_dim"], m["hidden_size"]),
+        "decoder": decoder_spec(m),
         "text_head": text_head(m["hidden_size"], m["n_text_vocab"] + 1),
         "visual_head": visual_head(m["adapter_layers"], m["adapter_heads"], m["hidden_size"] // m["adapter_heads"],
                                    m["hidden_size"], m["n_codes"] + 2),
         "vq_decoder": vq_decoder(grid_h, grid_w, m["image_size"]),
     }
+
+
+def io_mismatch(spec: GraphSpec, inputs: list[tuple[str, str, int]], outputs: list[tuple[str, str, int]]) -> str | None:
+    """Compare an opened graph's (name, element type, rank) inputs and outputs with a resolved
+    spec; None if they agree, else one phrase naming the first tensor that differs."""
+    for kind, declared, got in (("input", spec.inputs, inputs), ("output", spec.outputs, outputs)):
+        names = [n for n, _, _ in got]
+        if names != [t.name for t in declared]:
+            missing = [t.name for t in declared if t.name not in names]
+            extra = [n for n in names if n not in {t.name for t in declared}]
+            what = (f"lacks {kind} {missing[0]!r}" if missing else f"has an undeclared {kind} {extra[0]!r}"
+                    if extra else f"has its {kind}s in another order")
+            return what
+        for t, (name, dtype, rank) in zip(declared, got):
+            if dtype != t.dtype:
+                return f"{kind} {name!r} is {dtype}, the manifest declares {t.dtype}"
+            if rank != len(t.axes):
+                return f"{kind} {name!r} has rank {rank}, the manifest declares {len(t.axes)}"
+    return None

@@ -20,8 +20,9 @@ from typing import Iterator
 from PIL import Image
 
 from runtime.bundle import open_bundle
-from runtime.engine import BundleModel
+from runtime.errors import InputError
 from runtime.generation import Done, Event, ImageDone, ImageStarted, TextDelta, generate
+from runtime.model import BundleModel
 from runtime.sampling import SamplingParams
 
 
@@ -33,12 +34,13 @@ class ArmorPipeline:
         self.last_done: Done | None = None
 
     @classmethod
-    def load(cls, bundle: str | Path, device: str = "cpu", verify_hashes: bool = True,
-             threads: int | None = None, io_binding: bool = False) -> "ArmorPipeline":
-        """`io_binding`: keep the decoder's KV cache in ORT memory between steps (engine.py)."""
+    def load(cls, bundle: str | Path, backend: str = "ort", device: str = "cpu", verify_hashes: bool = True,
+             threads: int | None = None, **options) -> "ArmorPipeline":
+        """`backend`: ort (ONNX Runtime; `device` cpu, cuda or tensorrt), tensorrt or llamacpp.
+        Backend options: ORT's `io_binding=True` keeps a dynamic decoder cache in ORT memory."""
         t0 = time.perf_counter()
         b = open_bundle(bundle, verify_hashes=verify_hashes)
-        return cls(BundleModel.open(b, device=device, threads=threads, io_binding=io_binding),
+        return cls(BundleModel.open(b, backend=backend, device=device, threads=threads, **options),
                    time.perf_counter() - t0)
 
     @property
@@ -46,10 +48,18 @@ class ArmorPipeline:
         return self.model.bundle.manifest
 
     def generate(self, messages: list[dict], *, max_new_tokens: int = 128, cfg_scale: float | None = None,
-                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> Iterator[Event]:
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                 image_decoding: str = "sequential", jacobi_window: int = 8,
+                 text_processor=None) -> Iterator[Event]:
+        """Events of one answer. `image_decoding="jacobi"` decodes `jacobi_window` codes per step
+        (speculative Jacobi decoding: the same codes greedily, the same distribution sampled).
+        `text_processor(i, logits) -> logits` edits the text logits of answer token i before sampling."""
+        if self.model is None:
+            raise InputError("this pipeline is closed: load the bundle again")
         sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         for event in generate(self.model, self.tokenizer, messages, max_new_tokens=max_new_tokens,
-                              cfg_scale=cfg_scale, sampling=sampling):
+                              cfg_scale=cfg_scale, sampling=sampling, image_decoding=image_decoding,
+                              jacobi_window=jacobi_window, text_processor=text_processor):
             if isinstance(event, Done):
                 self.last_done = event
             yield event
@@ -75,7 +85,9 @@ class ArmorPipeline:
         return out
 
     def close(self) -> None:
-        self.model.close()
+        if self.model is not None:
+            self.model.close()
+            self.model = None
 
     def __enter__(self):
         return self

@@ -46,6 +46,16 @@ def random_bundle(tmp_path_factory, random_checkpoint):
     return out
 
 
+@pytest.fixture(scope="session")
+def random_static_bundle(tmp_path_factory, random_checkpoint):
+    """The same random checkpoint with the static-cache decoder (capacity 160)."""
+    from armor_export.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "random-static"
+    export_bundle(random_checkpoint, out, progress=False, with_text_model=False, kv_cache="static", max_context=160)
+    return out
+
+
 SHIPPED_TINY = __import__("pathlib").Path(__file__).resolve().parents[1] / "training_ref" / "checkpoints" / "tiny"
 
 
@@ -62,4 +72,14 @@ def tiny_bundle(tmp_path_factory, tiny_checkpoint):
 
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     export_bundle(tiny_checkpoint, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_static_bundle(tmp_path_factory, tiny_checkpoint):
+    """The shipped checkpoint with the static-cache decoder (capacity: the model's context)."""
+    from armor_export.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "tiny-static"
+    export_bundle(tiny_checkpoint, out, progress=False, with_text_model=False, kv_cache="static")
     return out

@@ -27,7 +27,7 @@ from runtime.constants import (CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, CON
                                VQGAN_FILE)
 from runtime.errors import CheckpointError
 from training_ref.model import ArmorConfig, ArmorModel
-from training_ref.vqgan import VQGAN, VQGANConfig, config_from_state, load_vqgan_state
+from training_ref.vqgan import VQGANConfig, config_from_state, load_vqgan_state
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ the scale is the checkpoint's `cfg_scale` (measured per preset).
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from transformers import DynamicCache
 
 from runtime.chat import format_chat
 from runtime.errors import InputError, SamplingError
-from runtime.generation import UNCONDITIONAL_MESSAGES
+from runtime.constants import UNCONDITIONAL_MESSAGES
 from runtime.image import pixels_to_image, preprocess
 from runtime.sampling import Sampler, SamplingParams
 from runtime.switch import ForwardSwitch, Mode, TokenSpace
@@ -60,7 +61,7 @@ class _Stream:
     def feed(self, ids: list[int], image_embeds: torch.Tensor | None = None) -> None:
         x = self.model.embed(torch.tensor([ids]), image_embeds)  # [1, T, H]
         pos = torch.arange(self.length, self.length + len(ids))[None]
-        hidden, self.cache = self.model.decode(x, position_ids=pos, past_key_values=self.cache)
+        hidden, self.cache = self.model.decode(x, position_ids=pos, cache=self.cache)
         self.hidden.append(hidden)
         self.last = hidden[:, -1:]  # [1, 1, H]
         self.length += len(ids)
@@ -80,9 +81,13 @@ class _Stream:
 @torch.no_grad()
 def generate(model: ArmorModel, tokenizer, messages: list[dict], *, max_new_tokens: int = 128,
              cfg_scale: float | None = None, sampling: SamplingParams = SamplingParams(),
-             return_ids: bool = False):
+             return_ids: bool = False, text_processor=None, timings: dict | None = None):
     """Answer `messages` (chat shape; image parts as PIL images, paths or arrays) with the
-    interleaved list of strings and PIL images. With `return_ids`, also the generated ids."""
+    interleaved list of strings and PIL images. With `return_ids`, also the generated ids.
+    `text_processor(i, logits) -> logits` edits the text logits of answer token i before
+    sampling (as the runtime's does); `timings`, if given, is filled with first_token_s,
+    text_s, image_s, text_tokens and image_tokens (the runtime's definitions)."""
+    t_start = time.perf_counter()
     cfg = model.config
     cfg_scale = cfg.cfg_scale if cfg_scale is None else cfg_scale
     if max_new_tokens < 1:
@@ -105,6 +110,7 @@ def generate(model: ArmorModel, tokenizer, messages: list[dict], *, max_new_toke
                                   add_special_tokens=False).ids + [cfg.img_bos_id]
     cond = _Stream(model, ids, image_embeds)
     out, text, generated, n_text = [], [], [], 0
+    clock = {"text_s": 0.0, "image_s": 0.0, "image_tokens": 0}
 
     def flush_text():
         if text:
@@ -117,25 +123,38 @@ def generate(model: ArmorModel, tokenizer, messages: list[dict], *, max_new_toke
         if n_text >= max_new_tokens or cond.length + 1 >= cfg.context_length:
             switch.finish()
             break
+        t0 = time.perf_counter()
         logits = model.text_logits(cond.last)[0, -1].float().numpy()  # [V + 1]
+        if text_processor is not None:
+            logits = text_processor(n_text, logits)
         token = space.text_index_to_id(sampler(logits))
         n_text += 1
+        if n_text == 1:
+            clock["first_token_s"] = time.perf_counter() - t_start
         if token == cfg.img_bos_id and cond.length + cfg.n_grid + 2 > cfg.context_length:
             log.warning("no room left in the context for an image: stopping")
             switch.finish()
             break
         generated.append(token)
         if switch.step(token) is Mode.DONE:
+            clock["text_s"] += time.perf_counter() - t0
             break
         if token != cfg.img_bos_id:
             text.append(token)
             cond.feed([token])
+            clock["text_s"] += time.perf_counter() - t0
             continue
+        clock["text_s"] += time.perf_counter() - t0
         flush_text()
+        t0 = time.perf_counter()
         cond.feed([token])
         codes = _generate_image(model, cond, uncond_ids, switch, space, sampler, cfg_scale, generated)
+        clock["image_s"] += time.perf_counter() - t0
+        clock["image_tokens"] += len(switch.codes) + 2
         out.append(_decode_codes(model, codes))
     flush_text()
+    if timings is not None:
+        timings.update(clock, text_tokens=n_text)
     return (out, generated) if return_ids else out
 
 

@@ -31,6 +31,7 @@ This file knows no training, optimizer, export or sampling code.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -64,6 +65,11 @@ class ArmorConfig:
     @property
     def hidden_size(self) -> int:
         return self.mllm["text_config"]["hidden_size"]
+
+    @property
+    def head_dim(self) -> int:  # explicit in Qwen3 / InternVL3.5 configs (not hidden / heads there)
+        t = self.mllm["text_config"]
+        return t.get("head_dim") or t["hidden_size"] // t["num_attention_heads"]
 
     @property
     def n_text_vocab(self) -> int:  # V: rows of the original embedding and text head
@@ -272,13 +278,13 @@ class ArmorModel(nn.Module):
             x = x.masked_scatter(slots[..., None], feats)
         return x
 
-    def decode(self, inputs_embeds, attention_mask=None, position_ids=None, past_key_values=None):
+    def decode(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None):
         """[B, T, H] -> (hidden [B, T, H] after the final norm, cache). Decoder only, no head."""
-        out = self.mllm.model.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, use_cache=past_key_values is not None,
-        )
-        return out.last_hidden_state, out.past_key_values
+        lm = self.mllm.model.language_model
+        name = _cache_argument(type(lm))
+        out = lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                 use_cache=cache is not None, **{name: cache})
+        return out.last_hidden_state, getattr(out, name)
 
     def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., H] -> [..., V + 1]; the last column is `<imgbos>`."""
@@ -298,3 +304,8 @@ class ArmorModel(nn.Module):
         then segment positions start .. start + length - 1 (0 is `<imgbos>`)."""
         ctx = self.adapter.context_start + torch.arange(n_context)
         return torch.cat([ctx, torch.arange(start, start + length)])
+
+
+def _cache_argument(decoder_class: type) -> str:
+    """The cache keyword of transformers' decoders: `cache` since 5.24, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(decoder_class.forward).parameters else "past_key_values"

@@ -18,7 +18,7 @@ from calibration.cli import main as calibrate_main
 from runtime import ArmorPipeline
 from runtime.bundle import open_bundle, sha256
 from runtime.constants import MANIFEST_FILE
-from runtime.engine import BundleModel
+from runtime.model import BundleModel
 from runtime.graphs import FLOAT, bundle_graphs
 
 FAST = dict(samples=12, prompts=4, n_vqa=4, n_t2i=4, progress=False)

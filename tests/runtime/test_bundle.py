@@ -80,3 +80,46 @@ def test_pipeline_api_events_and_chat(random_bundle):
         out = pipe.chat([{"role": "user", "content": [{"type": "image", "image": img},
                                                         {"type": "text", "text": "what colour?"}]}], max_new_tokens=4)
         assert all(isinstance(p, (str, Image.Image)) for p in out)
+
+
+def _rehash(bundle, name):
+    from runtime.bundle import sha256
+
+    mpath = bundle / MANIFEST_FILE
+    m = json.loads(mpath.read_text())
+    m["files"][name].update(bytes=(bundle / name).stat().st_size, sha256=sha256(bundle / name))
+    mpath.write_text(json.dumps(m))
+
+
+def test_a_graph_from_another_export_is_refused_in_one_line(bundle_copy, random_static_bundle, capsys):
+    """The static bundle's decoder in a dynamic bundle, its hash updated: only the I/O check can tell."""
+    from runtime.cli import main
+
+    shutil.copyfile(random_static_bundle / "decoder.onnx", bundle_copy / "decoder.onnx")
+    _rehash(bundle_copy, "decoder.onnx")
+    with pytest.raises(BundleError, match=r"decoder does not match the manifest's graph declaration: has an "
+                                          r"undeclared input 'cache_mask'"):
+        ArmorPipeline.load(bundle_copy)
+    assert main([str(bundle_copy), "--prompt", "hi"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "decoder does not match" in err[0]
+
+
+def test_a_graph_with_another_element_type_is_refused(bundle_copy, tmp_path, random_checkpoint):
+    """An fp16 export's text head in an fp32 bundle."""
+    from armor_export.export import export_bundle
+
+    export_bundle(random_checkpoint, tmp_path / "b16", dtype="fp16", verify=False, with_text_model=False, progress=False)
+    shutil.copyfile(tmp_path / "b16" / "text_head.onnx", bundle_copy / "text_head.onnx")
+    _rehash(bundle_copy, "text_head.onnx")
+    with pytest.raises(BundleError, match="input 'hidden_states' is float16, the manifest declares float32"):
+        ArmorPipeline.load(bundle_copy)
+
+
+def test_an_edited_graph_declaration_is_refused(bundle_copy):
+    mpath = bundle_copy / MANIFEST_FILE
+    m = json.loads(mpath.read_text())
+    m["graphs"]["visual_head"]["inputs"][0]["name"] = "context"
+    mpath.write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="declares visual_head's I/O differently"):
+        ArmorPipeline.load(bundle_copy)

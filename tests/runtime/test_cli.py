@@ -39,18 +39,27 @@ def test_armor_run_bad_inputs(random_bundle, tmp_path, capsys):
     assert len(err) == 1 and "not a bundle" in err[0]
 
 
-def test_armor_bench_writes_json_csv_png(random_bundle, random_checkpoint, tmp_path):
+def test_armor_bench_writes_json_csv_png(random_bundle, random_static_bundle, random_checkpoint, tmp_path):
     out = tmp_path / "bench"
-    assert bench_main([str(random_bundle), str(random_bundle), "--checkpoint", str(random_checkpoint),
-                       "--out", str(out), "--steps", "4", "--repeats", "1"]) == 0
+    assert bench_main([str(random_bundle), str(random_static_bundle), "--checkpoint", str(random_checkpoint),
+                       "--out", str(out), "--steps", "4", "--repeats", "1", "--positions", "8,100"]) == 0
     data = json.loads((out / "bench.json").read_text())
     assert [r["engine"] for r in data["rows"]] == ["runtime", "runtime", "pytorch"]
+    assert [r.get("kv_cache") for r in data["rows"]] == ["dynamic", "static", None]
     assert "text_tokens_per_s" in data["ratios"]  # the first bundle against PyTorch
     (second,) = data["ratios_vs_first_bundle"].values()  # every other bundle against the first
     assert second["text_tokens_per_s"] > 0 and "vq_decode_ms_speedup" in second
-    assert all(r["peak_rss_mb"] > 0 and r["bundle_mb"] > 0 for r in data["rows"])
+    for r in data["rows"]:
+        assert r["peak_rss_mb"] > 0 and r["bundle_mb"] > 0 and r["ttft_ms"] > 0
+        assert r["decoder_step_ms@8"] > 0 and r["decoder_step_ms@100"] > 0
+        assert r["image_tokens_per_s"] > 0, "the forced image is measured on random weights too"
+    for r in data["rows"][:2]:  # the runtime's own loop cost, and the roofline beside the step
+        assert 0 < r["text_outside_share"] < 1 and 0 < r["image_outside_share"] < 1
+        assert 0 < r["roofline_ms@8"] < r["decoder_step_ms@8"]
+    assert data["meta"]["read_bandwidth_gbs"] > 0.5
     assert (out / "bench.csv").read_text().startswith("device,precision,engine")
     assert (out / "bench.png").stat().st_size > 0
+    assert not list(out.glob("tmp*")), "the workload folder is removed"
 
 
 def test_armor_run_on_tiny_answers_with_text_and_an_image(tiny_bundle, tmp_path, capsys):

@@ -5,6 +5,7 @@ import re
 import numpy as np
 import pytest
 
+from runtime.cache import ImageCursor, Stream
 from runtime.errors import InputError, SamplingError
 from runtime.generation import Done, ImageDone, ImageProgress, ImageStarted, TextDelta, generate
 from runtime.sampling import SamplingParams
@@ -29,9 +30,41 @@ class FakeTokenizer:
         return "".join("abcdefgh"[i - 10] for i in ids if 10 <= i < 18)
 
 
+class RecordingStream(Stream):
+    """A fake decoder cache: hidden state = the token id in channel 0; every operation the loop
+    makes on it is appended to `log` (with the mask and positions the stream would feed)."""
+
+    def __init__(self, log, batch, text_head, capacity):
+        super().__init__([], np.zeros(batch, np.int64), text_head)
+        self.log, self.capacity = log, capacity
+
+    def _forward(self, ids, image_embeds):
+        t = ids.shape[1]
+        assert self.width + t <= self.capacity
+        x = np.zeros(ids.shape + (4,), np.float32)
+        x[..., 0] = ids
+        if image_embeds is not None:
+            x[ids == 5] = image_embeds
+        self.log.append({"op": "append", "batch": ids.shape[0], "mask": self.mask(t), "pos": self.positions(t),
+                         "tokens": x[..., 0].astype(int).tolist()})
+        return x
+
+    def _pair(self, other, pads):
+        self.log.append({"op": "pair", "pads": pads.tolist()})
+        return RecordingStream(self.log, 2, None, self.capacity)
+
+    def _row(self, i):
+        self.log.append({"op": "row", "row": i})
+        return RecordingStream(self.log, 1, None, self.capacity)
+
+    def _truncate(self, width):
+        self.log.append({"op": "truncate", "width": width})
+
+
 class MockModel:
-    """Hidden state = the token id in channel 0; the text head follows `script` (head indices);
-    the visual head's cond row prefers `cond_codes[i]`, its uncond row `uncond_codes[i]`."""
+    """The text head follows `script` (head indices); the visual head (through the runtime's
+    real `ImageCursor`) prefers `cond_codes[i]` on the cond row and `uncond_codes[i]` on the
+    uncond row at segment position i."""
 
     n_image_tokens, vision_size, grid, image_token_id, context_start, cfg_scale = 2, 16, (2, 2), 5, 5, 3.0
     space = SPACE
@@ -39,28 +72,22 @@ class MockModel:
     def __init__(self, script, cond_codes=(1, 2, 3, 4), uncond_codes=(5, 6, 7, 0), context_length=256):
         self.script, self.cond_codes, self.uncond_codes = list(script), cond_codes, uncond_codes
         self.context_length = context_length
-        self.decode_calls, self.image_calls, self.text_calls, self.adapter_calls = [], 0, 0, []
+        self.log, self.adapter_calls, self.text_calls = [], [], 0
 
-    def empty_past(self, b):
-        return [np.zeros((b, 1, 0, 1), np.float32)]
+    def graph_seconds(self):
+        return 0.0
 
-    def empty_adapter_past(self, b):
-        return [np.zeros((b, 1, 0, 1), np.float32)]
+    def start(self, ids, image_embeds=None):
+        stream = RecordingStream(self.log, 1, self.text_logits, self.context_length)
+        stream.append(ids, None if image_embeds is None else image_embeds.reshape(-1, 4))
+        return stream
 
-    def embed(self, ids):
-        x = np.zeros(ids.shape + (4,), np.float32)
-        x[..., 0] = ids
-        return x
+    def start_image(self, stream):
+        hidden, mask = stream.context()
+        return ImageCursor(self._visual_head, np.float32, 1, (1, 1), self.context_start, hidden, mask)
 
     def encode_images(self, pixels):
         return np.full((pixels.shape[0], self.n_image_tokens, 4), -1.0, np.float32)
-
-    def decode(self, embeds, mask, pos, past):
-        assert mask.shape[1] == past[0].shape[2] + embeds.shape[1]
-        self.decode_calls.append({"batch": embeds.shape[0], "mask": mask.copy(), "pos": pos.copy(),
-                                  "tokens": embeds[..., 0].astype(int).tolist()})
-        present = [np.concatenate([past[0], embeds[:, None, :, :1]], 2)]
-        return embeds, present
 
     def text_logits(self, hidden):
         assert hidden.shape[1] == 1, "the text head must see the last position only"
@@ -69,22 +96,28 @@ class MockModel:
         self.text_calls += 1
         return logits
 
-    def image_logits(self, hidden, mask, pos, past):
-        assert mask.shape[1] == past[0].shape[2] + hidden.shape[1] and pos.shape == hidden.shape[:2]
-        self.adapter_calls.append({"tokens": hidden[..., 0].astype(int).tolist(), "mask": mask.copy(),
-                                   "pos": pos.copy()})
-        b = hidden.shape[0]
-        i = int(pos[0, -1])  # the segment position of the newest input: 0 is `<imgbos>`
-        logits = np.zeros((b, 1, N_CODES + 2), np.float32)
-        logits[0, 0, self.cond_codes[i] if i < len(self.cond_codes) else N_CODES] = 1.0
-        if b == 2:
-            logits[1, 0, self.uncond_codes[i] if i < len(self.uncond_codes) else N_CODES] = 1.0
-        logits[:, 0, N_CODES + 1] = 100.0  # <imgpad> must be masked out by the loop
-        self.image_calls += 1
-        return logits, [np.concatenate([past[0], hidden[:, None, :, :1]], 2)]
+    def _visual_head(self, feeds):
+        hidden, mask, pos = feeds["hidden_states"], feeds["attention_mask"], feeds["position_ids"]
+        past = feeds["past_key_values.0.key"]
+        assert mask.shape[1] == past.shape[2] + hidden.shape[1] and pos.shape == hidden.shape[:2]
+        self.adapter_calls.append({"tokens": hidden[..., 0].astype(int).tolist(), "mask": mask.copy(), "pos": pos.copy()})
+        b, t = hidden.shape[:2]
+        logits = np.zeros((b, t, N_CODES + 2), np.float32)
+        for j in range(t):
+            i = int(pos[0, j])  # the segment position of input j: 0 is `<imgbos>`
+            logits[0, j, self.cond_codes[i] if i < len(self.cond_codes) else N_CODES] = 1.0
+            if b == 2:
+                logits[1, j, self.uncond_codes[i] if i < len(self.uncond_codes) else N_CODES] = 1.0
+        logits[:, :, N_CODES + 1] = 100.0  # <imgpad> must be masked out by the loop
+        present = np.concatenate([past, hidden[:, None, :, :1]], 2)
+        return {"image_logits": logits, "present.0.key": present, "present.0.value": present}
 
     def decode_image(self, codes):
         return np.zeros((codes.shape[0], 3, 8, 8), np.float32)
+
+    @property
+    def decode_calls(self):
+        return [e for e in self.log if e["op"] == "append"]
 
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -117,7 +150,7 @@ def test_image_with_cfg_is_one_batch2_call_per_step():
     assert first["pos"][0, 0] > first["pos"][1, 0]  # each row keeps its own positions
     last = model.decode_calls[-2]  # [last code, <imgend>] on the conditional row, then text
     assert last["batch"] == 1 and last["tokens"] == [[V + 4, SPACE.img_end]]
-    assert model.image_calls == 4  # the adapter ran for image positions only
+    assert len(model.adapter_calls) == 4  # the adapter ran for image positions only
     ctx = model.adapter_calls[0]  # the image start: the adapter reads the whole context once
     prompt = model.decode_calls[0]["tokens"][0]
     assert ctx["tokens"][0] == prompt + [10, SPACE.img_bos] and ctx["tokens"][1][-1] == SPACE.img_bos
@@ -159,7 +192,7 @@ def test_input_image_fills_placeholders():
     msgs = [{"role": "user", "content": [{"type": "image", "image": np.zeros((16, 16, 3), np.uint8)},
                                          {"type": "text", "text": "x"}]}]
     list(generate(model, FakeTokenizer(), msgs))
-    prefill = np.asarray(model.decode_calls[0]["tokens"][0])
+    prefill = np.asarray(model.decode_calls[0]["tokens"][0])  # the image embeddings are -1 in channel 0
     assert (prefill == -1).sum() == 2  # the two image embeddings replaced the two placeholders
 
 
@@ -188,3 +221,33 @@ def test_seeded_sampling_is_reproducible():
     top = Sampler(SamplingParams(temperature=1.0, top_k=3, seed=1))
     assert {top(logits) for _ in range(200)} <= {47, 48, 49}
     assert Sampler(SamplingParams())(logits) == 49 and a[0] in range(40, 50)
+
+
+def test_the_loop_drives_the_cache_only_through_its_operations():
+    """Text, an image with CFG, text: the cache sees appends, one pair and one row, all inside
+    the image; truncate is never called by sequential decoding."""
+    model = MockModel([10, V, 11, 12, SPACE.eos])
+    events = run(model, cfg_scale=3.0)
+    ops = [e["op"] for e in model.log]
+    assert ops.count("pair") == 1 and ops.count("row") == 1 and "truncate" not in ops
+    i_pair, i_row = ops.index("pair"), ops.index("row")
+    before, during, after = model.log[:i_pair], model.log[i_pair + 1:i_row], model.log[i_row + 1:]
+    assert [e["batch"] for e in before] == [1, 1, 1, 1]  # prompt, text token, <imgbos>, the uncond prefill
+    assert before[2]["tokens"] == [[SPACE.img_bos]] and before[3]["tokens"][0][-1] == SPACE.img_bos
+    assert model.log[i_pair]["pads"][0] == 0 and model.log[i_pair]["pads"][1] > 0  # the uncond row is padded
+    assert all(e["batch"] == 2 for e in during) and len(during) == 3  # codes 1..3 on both rows
+    assert [e["tokens"] for e in after] == [[[V + 4, SPACE.img_end]], [[11]], [[12]]]
+    # positions continue on the conditional row after the image
+    assert after[0]["pos"][0, 0] == during[-1]["pos"][0, 0] + 1
+    kinds = [type(e).__name__ for e in events]
+    assert kinds.index("ImageStarted") < kinds.index("ImageDone")
+
+
+def test_the_loop_holds_no_cache_arrays():
+    import inspect
+
+    import runtime.generation as g
+
+    source = inspect.getsource(g)
+    for forbidden in ("np.concatenate", "np.pad", "past", "present", ".mask("):
+        assert forbidden not in source, forbidden

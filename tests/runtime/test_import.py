@@ -5,7 +5,7 @@ import sys
 
 
 def test_runtime_is_torch_free():
-    code = ("import sys, runtime, runtime.cli, runtime.bench, runtime.pipeline, runtime.generation, runtime.engine; "
+    code = ("import sys, runtime, runtime.cli, runtime.bench, runtime.pipeline, runtime.generation, runtime.model, runtime.cache, runtime.soak; "
             "bad = [m for m in ('torch', 'transformers', 'onnx', 'training_ref', 'armor_export') if m in sys.modules]; "
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -4,7 +4,6 @@ VQA scores on held-out prompts."""
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from runtime import ArmorPipeline, ImageDone, TextDelta
 from runtime.sampling import SamplingParams
@@ -15,12 +14,19 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def pair(tiny_checkpoint, tiny_bundle):
+def reference(tiny_checkpoint):
     from training_ref.checkpoint import load_checkpoint
 
-    model, tok = load_checkpoint(tiny_checkpoint)
-    with ArmorPipeline.load(tiny_bundle) as pipe:
-        yield model, tok, pipe
+    return load_checkpoint(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module", params=["dynamic", "static"])
+def pair(request, reference, tiny_bundle, tiny_static_bundle):
+    """(reference model, tokenizer, pipeline) for each decoder cache form of the bundle."""
+    bundle = tiny_bundle if request.param == "dynamic" else tiny_static_bundle
+    with ArmorPipeline.load(bundle) as pipe:
+        assert pipe.manifest["model"]["kv_cache"] == request.param
+        yield (*reference, pipe)
 
 
 def _runtime(pipe, messages, **kw):
@@ -64,10 +70,11 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_greedy_tokens_match_the_reference(pair, case):
+@pytest.mark.parametrize("case, cfg_scale", [(c, 3.0) for c in CASES] + [("image_cfg", 1.0), ("interleaved", 1.0)])
+def test_greedy_tokens_match_the_reference(pair, case, cfg_scale):
+    """Guidance 3.0 (batch-2 CFG steps) and the shipped default 1.0 (no unconditional row)."""
     model, tok, pipe = pair
-    kw = dict(max_new_tokens=48, cfg_scale=3.0)
+    kw = dict(max_new_tokens=48, cfg_scale=cfg_scale)
     rt_text, rt_codes = _runtime(pipe, CASES[case], **kw)
     ref_text, ref_codes = _reference(model, tok, CASES[case], **kw)
     assert rt_text == ref_text
