@@ -24,9 +24,10 @@ from armor_export import manifest as mf
 from armor_export import text_model
 from armor_export.graphs import (DecoderGraph, TextHeadGraph, VisionEncoderGraph, VisualHeadGraph,
                                  VQDecoderGraph, export_graph)
+from armor_export.onnx_files import convert_fp16
 from armor_export.static_decoder import StaticDecoderGraph
 from armor_export.verify import verify_bundle
-from runtime.constants import EMBEDDINGS_FILE, MANIFEST_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
+from runtime.constants import CONFIG_FILE, EMBEDDINGS_FILE, MANIFEST_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from runtime.errors import ArmorError
 from runtime.graphs import bundle_graphs
 from training_ref.checkpoint import load_checkpoint, read_config
@@ -113,14 +114,14 @@ def export_bundle(checkpoint: Path, out: Path, dtype: str = "fp32", verify: bool
     if max_context is not None and not 1 <= max_context <= cfg.context_length:
         raise ExportError(f"--max-context must be in 1..{cfg.context_length} (the model's context), got {max_context}")
     out = Path(out)
-    if (out / MANIFEST_FILE).exists() and not overwrite:
-        raise ExportError(f"{out} already holds a bundle; pass --overwrite to replace it")
+    _check_out(Path(checkpoint), out, overwrite)
     t0 = time.time()
     model, tokenizer = load_checkpoint(checkpoint)
     summary = model_summary(model, kv_cache, max_context)
     _check_disk(out, summary["parameters"], dtype, with_text_model)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_FILE).unlink(missing_ok=True)  # from here on, `out` is not a bundle
+    clear_bundle_files(out)  # nothing of an earlier export (say a text/ this one skips) stays behind
     specs = bundle_graphs(summary)
     ex = examples(model, summary)
     files: dict[str, dict] = {}
@@ -143,19 +144,47 @@ def export_bundle(checkpoint: Path, out: Path, dtype: str = "fp32", verify: bool
             wrapper = StaticDecoderGraph if name == "decoder" and kv_cache == "static" else WRAPPERS[name]
             written = export_graph(wrapper(model).eval(), ex[name], specs[name], out / specs[name].filename)
             if dtype == "fp16":
-                written = mf.convert_fp16(written[0])
+                written = convert_fp16(written[0])
             for i, path in enumerate(written):
                 files[path.name] = {"role": name if i == 0 else f"{name}.weights"}
     export_seconds = time.time() - t0
-    report = verify_bundle(model, out, specs, dtype, tokenizer=tokenizer, progress=progress) if verify else {"skipped": True}
+    report = verify_bundle(model, out, specs, dtype, tokenizer=tokenizer, progress=progress,
+                           text_model=with_text_model) if verify else {"skipped": True}
     if verify and not report["passed"]:
         failed = [k for k, v in report["checks"].items() if not v["passed"]]
         raise ExportError(f"verification failed for {', '.join(failed)}: see the report above; no manifest written")
     manifest = mf.build_manifest(out, summary, specs, files, dtype, report, tokenizer_config=out / TOKENIZER_CONFIG_FILE,
-                                 source=str(checkpoint), export_seconds=export_seconds)
+                                 source=str(Path(checkpoint).resolve()), export_seconds=export_seconds)
     mf.write_manifest(out, manifest)
     log.info("bundle written to %s in %.1f s", out, time.time() - t0)
     return manifest
+
+
+BUNDLE_PATTERNS = ("*.onnx", "*.onnx.data", "*.npy", "tokenizer*.json", "*.gguf", "manifest.json.tmp")
+BUNDLE_FOLDERS = ("text", "trt", "engines")
+
+
+def _check_out(checkpoint: Path, out: Path, overwrite: bool) -> None:
+    """Refuse an output folder that is (or holds) the checkpoint, a file, or a bundle without --overwrite."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file; give a folder for the bundle")
+    if out.resolve() == checkpoint.resolve() or (out / CONFIG_FILE).exists():
+        raise ExportError(f"--out {out} is a checkpoint folder; write the bundle to a folder of its own")
+    if (out / MANIFEST_FILE).exists() and not overwrite:
+        raise ExportError(f"{out} already holds a bundle; pass --overwrite to replace it")
+
+
+def clear_bundle_files(out: Path) -> None:
+    """Remove what an earlier export wrote into `out` (only the bundle's own file kinds)."""
+    for pattern in BUNDLE_PATTERNS:
+        for f in out.glob(pattern):
+            if f.is_file() or f.is_symlink():
+                f.unlink()
+    for name in BUNDLE_FOLDERS:
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            shutil.rmtree(out / name)
+        elif (out / name).is_symlink():
+            (out / name).unlink()
 
 
 def _check_disk(out: Path, n_params: int, dtype: str, with_text_model: bool) -> None:

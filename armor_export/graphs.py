@@ -14,24 +14,22 @@ baked in. This module knows torch and the graph declarations; not manifests or v
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import warnings
 from pathlib import Path
 
 import onnx
 import torch
-from google.protobuf.message import EncodeError
 import torch.nn as nn
 from transformers import DynamicCache
 
+from armor_export.onnx_files import save_onnx
 from runtime.graphs import GraphSpec
 from training_ref.model import ArmorModel
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
-EXTERNAL_DATA_BYTES = 256 * 2**20  # graphs above this keep their weights in `{name}.onnx.data`
 
 
 def _cache_from_flat(past: tuple[torch.Tensor, ...]) -> DynamicCache:
@@ -126,26 +124,6 @@ def export_graph(module: nn.Module, example: tuple, spec: GraphSpec, path: Path)
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def save_onnx(proto: onnx.ModelProto, path: Path) -> list[Path]:
-    """Save a graph, with external data (`{name}.data`) above EXTERNAL_DATA_BYTES."""
-    data = path.with_name(path.name + ".data")
-    if data.exists():
-        data.unlink()
-    if _byte_size(proto) > EXTERNAL_DATA_BYTES:
-        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
-        return [path, data]
-    onnx.save_model(proto, str(path))
-    return [path]
-
-
-def _byte_size(proto: onnx.ModelProto) -> float:
-    try:
-        return proto.ByteSize()
-    except (ValueError, OverflowError, EncodeError):  # past protobuf's 2 GiB limit
-        return float("inf")
-
-
 def _name_dims(proto: onnx.ModelProto, spec: GraphSpec) -> None:
     """Give every dynamic axis its declared name (the exporter invents some) and check fixed ones."""
     declared = {t.name: t.axes for t in spec.inputs + spec.outputs}
@@ -163,7 +141,3 @@ def _name_dims(proto: onnx.ModelProto, spec: GraphSpec) -> None:
             else:
                 dim.ClearField("dim_param")
                 dim.dim_value = axis
-
-
-def file_size(paths: list[Path]) -> int:
-    return sum(os.path.getsize(p) for p in paths)

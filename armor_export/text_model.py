@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from armor_export.graphs import TextModelGraph, export_graph
@@ -21,7 +20,7 @@ from runtime.graphs import text_model as text_model_spec
 from training_ref.model import ArmorModel
 
 
-def _spec(model: ArmorModel):
+def text_spec(model: ArmorModel):
     t = model.mllm.config.text_config
     return text_model_spec(t.num_hidden_layers, t.num_key_value_heads, model.config.head_dim,
                            model.config.n_text_vocab)
@@ -29,10 +28,10 @@ def _spec(model: ArmorModel):
 
 def export_text_model(model: ArmorModel, tokenizer, out: Path, dtype: str) -> list[tuple[Path, str]]:
     """Write `out/` (model.onnx [+ .data], genai_config.json, tokenizer files); returns (path, role)."""
-    from armor_export.manifest import convert_fp16
+    from armor_export.onnx_files import convert_fp16
 
     out.mkdir(parents=True, exist_ok=True)
-    spec = _spec(model)
+    spec = text_spec(model)
     t = model.mllm.config.text_config
     kv, hd = t.num_key_value_heads, model.config.head_dim
     g = torch.Generator().manual_seed(0)
@@ -84,23 +83,3 @@ def genai_config(model: ArmorModel, dtype: str) -> dict:
                    "temperature": 1.0, "top_k": 1, "top_p": 1.0, "early_stopping": True, "length_penalty": 1.0,
                    "no_repeat_ngram_size": 0, "diversity_penalty": 0.0},
     }
-
-
-def verify_text_model(model: ArmorModel, text_dir: Path, dtype: str) -> dict:
-    """Prefill + cached greedy steps through text/model.onnx against PyTorch."""
-    from armor_export.verify import DECODE_STEPS, Comparator, session
-
-    spec = _spec(model)
-    t = model.mllm.config.text_config
-    kv, hd = t.num_key_value_heads, model.config.head_dim
-    cmp = Comparator(session(text_dir / "model.onnx"), TextModelGraph(model).eval(), spec, dtype)
-    g = torch.Generator().manual_seed(99)
-    ids = torch.randint(10, model.config.n_text_vocab, (1, 10), generator=g)
-    mask, pos = torch.ones(1, 10, dtype=torch.long), torch.arange(10)[None]
-    outs = cmp.run(ids, mask, pos, *[torch.zeros(1, kv, 0, hd) for _ in range(2 * t.num_hidden_layers)], top1_output=0)
-    for _ in range(DECODE_STEPS):
-        nxt = torch.from_numpy(np.asarray(outs[0][:, -1:].argmax(-1)))
-        mask = torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], 1)
-        pos = pos[:, -1:] + 1
-        outs = cmp.run(nxt, mask, pos, *outs[1:], top1_output=0)
-    return {**cmp.report(), "onnx_checker": "not run (checked by onnxruntime at load)"}

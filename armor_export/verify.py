@@ -21,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
-from armor_export.graphs import DecoderGraph, TextHeadGraph, VisionEncoderGraph, VisualHeadGraph, VQDecoderGraph
+from armor_export.compare import TOLERANCES, Comparator, session
+from armor_export.graphs import (DecoderGraph, TextHeadGraph, TextModelGraph, VisionEncoderGraph, VisualHeadGraph,
+                                 VQDecoderGraph)
 from armor_export.static_decoder import StaticDecoderReference
+from armor_export.text_model import text_spec
 from runtime.chat import format_chat
 from runtime.graphs import GraphSpec
 from runtime.image import preprocess, to_unit_range
@@ -35,60 +37,37 @@ from training_ref.model import ArmorModel
 
 log = logging.getLogger(__name__)
 
-TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (5e-2, 5e-2)}
 DECODE_STEPS = 16
 
 
-def session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+class TorchCheck:
+    """Runs an ORT session and a torch module on the same inputs; the comparator keeps the
+    worst error (armor_export.compare)."""
 
-
-class Comparator:
-    """Runs an ORT session and a torch module on the same inputs and keeps the worst error."""
-
-    def __init__(self, sess: ort.InferenceSession, module: torch.nn.Module, spec: GraphSpec, dtype: str):
+    def __init__(self, sess, module: torch.nn.Module, spec: GraphSpec, dtype: str):
         self.sess, self.module, self.spec = sess, module, spec
         self.float = np.float16 if dtype == "fp16" else np.float32
-        self.atol, self.rtol = TOLERANCES[dtype]
-        self.max_abs = 0.0
-        self.passed = True
-        self.top1_total = self.top1_same = 0
+        self.comparator = Comparator(dtype)
 
-    def run(self, *inputs: torch.Tensor, top1_output: int | None = None, valid=None, valid_rows=None) -> list[np.ndarray]:
-        """`valid` [B, T] bool: compare only these positions of output 0; `valid_rows` [B, T]:
-        likewise for the other outputs' axis 2 (new key/value rows of a static decoder)."""
+    def run(self, *inputs: torch.Tensor, **check) -> list[torch.Tensor]:
+        """Both engines on `inputs`; returns the ONNX outputs (as tensors), compared with `check`'s
+        options (top1_output, valid, valid_rows)."""
         feeds = {name: (t.numpy().astype(self.float) if t.is_floating_point() else t.numpy())
                  for name, t in zip(self.spec.input_names, inputs)}
         got = self.sess.run(self.spec.output_names, feeds)
         with torch.no_grad():
             ref = self.module(*inputs)
         ref = [r.float().numpy() for r in (ref if isinstance(ref, (tuple, list)) else (ref,))]
-        for i, (r, g) in enumerate(zip(ref, got)):
-            g = g.astype(np.float32)
-            if valid is not None and i == 0:  # only real (non-padding) positions of the main output
-                r, g = r[valid], g[valid]
-            elif valid_rows is not None and i > 0:
-                r, g = r.transpose(0, 2, 1, 3)[valid_rows], g.transpose(0, 2, 1, 3)[valid_rows]
-            err = float(np.abs(r - g).max()) if r.size else 0.0
-            self.max_abs = max(self.max_abs, err)
-            if err > self.atol + self.rtol * float(np.abs(r).max() if r.size else 0.0):
-                self.passed = False
-            if top1_output == i:
-                self.top1_total += r.reshape(-1, r.shape[-1]).shape[0]
-                self.top1_same += int((r.reshape(-1, r.shape[-1]).argmax(-1) == g.reshape(-1, g.shape[-1]).argmax(-1)).sum())
+        self.comparator.check(ref, got, **check)
         return [torch.from_numpy(g.astype(np.float32)) if g.dtype != np.int64 else torch.from_numpy(g) for g in got]
 
     def report(self) -> dict:
-        out = {"passed": self.passed, "max_abs_diff": self.max_abs, "atol": self.atol, "rtol": self.rtol}
-        if self.top1_total:
-            out["top1_agreement"] = self.top1_same / self.top1_total
-        return out
+        return self.comparator.report()
 
 
 def verify_bundle(model: ArmorModel, out: Path, specs: dict[str, GraphSpec], dtype: str, tokenizer=None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, text_model: bool = False) -> dict:
+    """Every graph in `specs`, and `text/model.onnx` when `text_model` (written by this export)."""
     checks = {}
     model = model.float().eval()
     g = torch.Generator().manual_seed(1234)
@@ -97,15 +76,12 @@ def verify_bundle(model: ArmorModel, out: Path, specs: dict[str, GraphSpec], dty
         onnx.checker.check_model(str(path), full_check=True)
         static = name == "decoder" and "cache_mask" in specs[name].input_names
         module = StaticDecoderReference(model) if static else _MODULES[name](model)
-        cmp = Comparator(session(path), module.eval(), specs[name], dtype)
+        cmp = TorchCheck(session(path), module.eval(), specs[name], dtype)
         (_check_static_decoder if static else _CHECKS[name])(cmp, model, g, tokenizer)
         checks[name] = {**cmp.report(), "onnx_checker": "passed"}
         log.info("%s: %s", name, checks[name])
-    text_dir = out / "text"
-    if (text_dir / "model.onnx").is_file():
-        from armor_export.text_model import verify_text_model
-
-        checks["text_model"] = verify_text_model(model, text_dir, dtype)
+    if text_model:
+        checks["text_model"] = verify_text_model(model, out / "text", dtype)
     return {"passed": all(c["passed"] for c in checks.values()), "checks": checks,
             "decode_steps": DECODE_STEPS, "tolerances": dict(zip(("atol", "rtol"), TOLERANCES[dtype]))}
 
@@ -115,19 +91,19 @@ def _real_scenes(n: int, seed: int = 7) -> list:
     return [world.sample_scene(rng) for _ in range(n)]
 
 
-def _check_vision(cmp: Comparator, model: ArmorModel, g, tokenizer) -> None:
+def _check_vision(cmp: TorchCheck, model: ArmorModel, g, tokenizer) -> None:
     s = model.mllm.config.vision_config.image_size[0]
     cmp.run(torch.randn(2, 3, s, s, generator=g))
     real = np.stack([preprocess(world.render(sc, s), s) for sc in _real_scenes(2)])
     cmp.run(torch.from_numpy(real))
 
 
-def _check_text_head(cmp: Comparator, model: ArmorModel, g, tokenizer) -> None:
+def _check_text_head(cmp: TorchCheck, model: ArmorModel, g, tokenizer) -> None:
     h = model.config.hidden_size
     cmp.run(torch.randn(2, 5, h, generator=g), top1_output=0)
 
 
-def _check_visual_head(cmp: Comparator, model: ArmorModel, g, tokenizer) -> None:
+def _check_visual_head(cmp: TorchCheck, model: ArmorModel, g, tokenizer) -> None:
     """An image start (a context of 6 + `<imgbos>`, the second row left-padded by 2, empty
     cache), then single cached code steps continuing from the ONNX cache."""
     cfg = model.config
@@ -144,7 +120,7 @@ def _check_visual_head(cmp: Comparator, model: ArmorModel, g, tokenizer) -> None
         present = outs[1:]
 
 
-def _check_vq(cmp: Comparator, model: ArmorModel, g, tokenizer) -> None:
+def _check_vq(cmp: TorchCheck, model: ArmorModel, g, tokenizer) -> None:
     gh, gw = model.config.image_grid
     cmp.run(torch.randint(0, model.config.n_codes, (2, gh, gw), generator=g))
     res = model.config.vqgan["resolution"]
@@ -178,7 +154,7 @@ def _next_embeds(model: ArmorModel, hidden: torch.Tensor) -> torch.Tensor:
         return model.embed(nxt)
 
 
-def _check_static_decoder(cmp: Comparator, model: ArmorModel, g, tokenizer) -> None:
+def _check_static_decoder(cmp: TorchCheck, model: ArmorModel, g, tokenizer) -> None:
     """The static-cache decoder over the same cases: prefill into an empty fixed-capacity cache,
     then DECODE_STEPS greedy steps, each step's new key/value rows written at the next slot."""
     text = model.mllm.config.text_config
@@ -202,7 +178,7 @@ def _check_static_decoder(cmp: Comparator, model: ArmorModel, g, tokenizer) -> N
             x, new_mask, pos = _next_embeds(model, outs[0]), torch.ones(b, 1, dtype=torch.long), pos[:, -1:] + 1
 
 
-def _check_decoder(cmp: Comparator, model: ArmorModel, g, tokenizer) -> None:
+def _check_decoder(cmp: TorchCheck, model: ArmorModel, g, tokenizer) -> None:
     """Prefill + DECODE_STEPS greedy steps over `_decoder_cases`."""
     text = model.mllm.config.text_config
     kv, hd = text.num_key_value_heads, model.config.head_dim
@@ -224,3 +200,21 @@ _MODULES = {"vision_encoder": VisionEncoderGraph, "decoder": DecoderGraph, "text
             "visual_head": VisualHeadGraph, "vq_decoder": VQDecoderGraph}
 _CHECKS = {"vision_encoder": _check_vision, "decoder": _check_decoder, "text_head": _check_text_head,
            "visual_head": _check_visual_head, "vq_decoder": _check_vq}
+
+
+def verify_text_model(model: ArmorModel, text_dir: Path, dtype: str) -> dict:
+    """Prefill + cached greedy steps through text/model.onnx against PyTorch."""
+    spec = text_spec(model)
+    t = model.mllm.config.text_config
+    kv, hd = t.num_key_value_heads, model.config.head_dim
+    cmp = TorchCheck(session(text_dir / "model.onnx"), TextModelGraph(model).eval(), spec, dtype)
+    g = torch.Generator().manual_seed(99)
+    ids = torch.randint(10, model.config.n_text_vocab, (1, 10), generator=g)
+    mask, pos = torch.ones(1, 10, dtype=torch.long), torch.arange(10)[None]
+    outs = cmp.run(ids, mask, pos, *[torch.zeros(1, kv, 0, hd) for _ in range(2 * t.num_hidden_layers)], top1_output=0)
+    for _ in range(DECODE_STEPS):
+        nxt = torch.from_numpy(np.asarray(outs[0][:, -1:].argmax(-1)))
+        mask = torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], 1)
+        pos = pos[:, -1:] + 1
+        outs = cmp.run(nxt, mask, pos, *outs[1:], top1_output=0)
+    return {**cmp.report(), "onnx_checker": "not run (checked by onnxruntime at load)"}

@@ -91,7 +91,7 @@ class Settings:
     scheme: str = "int8"
     samples: int = DEFAULT_SAMPLES  # calibration feeds per graph
     method: str = DEFAULT_METHOD
-    prompts: int = DEFAULT_PROMPTS  # calibration generations (decoder and heads)
+    prompts: int | Path = DEFAULT_PROMPTS  # shapes-world calibration generations, or a JSONL file of conversations
     block_size: int = 32
     accuracy_level: int = 4  # MatMulNBits compute precision: 4 = int8 kernels (see quantize.quantize_weights)
     images: Path | None = None  # extra pictures for the vision encoder and the VQ decoder
@@ -116,9 +116,11 @@ class Settings:
             raise CalibrationError(f"--scheme must be one of {', '.join(SCHEMES)}, got {self.scheme!r}")
         if self.method not in METHODS:
             raise CalibrationError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.samples < 1 or self.prompts < 1:
+        if isinstance(self.prompts, str):
+            self.prompts = int(self.prompts) if self.prompts.strip().isdigit() else Path(self.prompts)
+        if self.samples < 1 or (isinstance(self.prompts, int) and self.prompts < 1):
             raise CalibrationError(f"--samples and --prompts must be >= 1, got {self.samples} and {self.prompts}")
-        if self.scheme == "int8" and self.prompts <= readers.FIRST_T2I_PROMPT:
+        if self.scheme == "int8" and isinstance(self.prompts, int) and self.prompts <= readers.FIRST_T2I_PROMPT:
             # the recorded prompts cycle t2t, ti2t, t2i, t2ti; the image-mode graphs (adapter,
             # visual head) are calibrated from the t2i generations
             raise CalibrationError(f"--scheme int8 needs --prompts >= {readers.FIRST_T2I_PROMPT + 1} (the first t2i prompt "
@@ -153,6 +155,10 @@ def calibrate_bundle(source: str | Path, out: str | Path, settings: Settings | N
     if (out / MANIFEST_FILE).exists() and not settings.overwrite:
         raise CalibrationError(f"{out} already holds a bundle; pass --overwrite to replace it")
     plan = {g: how for g, how in PLANS[settings.scheme].items() if _graph_file(src, g)}
+    if src.model.get("preset") == "from-pretrained" and not isinstance(settings.prompts, Path) and any(
+            kind == "qdq" for kind, _ in plan.values()):
+        raise CalibrationError(f"{source} is a model built from a pretrained MLLM: calibrate it on your own data "
+                               f"with --prompts FILE (and --images DIR), not on the shapes world")
     checkpoint = _checkpoint(src, settings, needed=settings.scheme == "int8")
 
     out.mkdir(parents=True, exist_ok=True)
@@ -258,7 +264,13 @@ def _calibration_feeds(src: Bundle, settings: Settings, plan: dict, checkpoint: 
     feeds: dict[str, list] = {}
     model = BundleModel.open(src)
     try:
-        prompts = readers.calibration_prompts(settings.prompts)
+        if isinstance(settings.prompts, Path):
+            prompts = readers.file_prompts(settings.prompts)
+            if "visual_head" in plan and not any(p.draw for p in prompts):
+                raise CalibrationError(f"--prompts {settings.prompts} has no drawing prompt (\"draw\": true); the "
+                                       f"image-mode graphs calibrate on one")
+        else:
+            prompts = readers.calibration_prompts(settings.prompts, m["image_size"])
         recorded, generated = readers.record_generation(model, src.tokenizer, prompts, settings.samples,
                                                         progress=settings.progress)
     finally:
@@ -295,7 +307,7 @@ def _copy_unchanged(src: Bundle, out: Path, plan: dict) -> dict[str, dict]:
 
 def _save_graph(raw: Path, dst: Path) -> list[Path]:
     """Move a quantized graph into the bundle with the exporter's external-data rule."""
-    from armor_export.graphs import save_onnx
+    from armor_export.onnx_files import save_onnx
 
     for stale in (dst, dst.with_name(dst.name + ".data")):
         stale.unlink(missing_ok=True)

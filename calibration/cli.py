@@ -1,7 +1,7 @@
 """`armor-calibrate BUNDLE --out BUNDLE_Q`: an fp32 bundle -> a quantized bundle with its accuracy report.
 
     armor-calibrate bundles/tiny --out bundles/tiny-int8 [--scheme int8|int8-weight|int4-weight]
-                    [--samples N] [--prompts N] [--method minmax|entropy|percentile] [--block-size 32]
+                    [--samples N] [--prompts N|FILE] [--method minmax|entropy|percentile] [--block-size 32]
                     [--accuracy-level 4] [--target cpu|tensorrt] [--no-sensitivity] [--exclude NODE ...]
                     [--images DIR] [--checkpoint DIR] [--n-vqa 200] [--n-t2i 40]
                     [--max-shapeeval-drop 3] [--max-vqa-drop 2] [--force] [--overwrite]
@@ -33,8 +33,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "weight-only for the decoder and heads (default int8)")
     p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                    help=f"calibration inputs per graph (default {DEFAULT_SAMPLES})")
-    p.add_argument("--prompts", type=int, default=DEFAULT_PROMPTS,
-                   help=f"calibration generations recorded for the decoder and heads (default {DEFAULT_PROMPTS})")
+    p.add_argument("--prompts", default=str(DEFAULT_PROMPTS), metavar="N|FILE",
+                   help=f"what the decoder and heads are calibrated on: N shapes-world generations (default "
+                        f"{DEFAULT_PROMPTS}) or a JSONL file of conversations, one a line: "
+                        f'{{"messages": [...], "draw": false}} (image paths relative to the file)')
     p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
                    help=f"activation range calibration for int8 (default {DEFAULT_METHOD})")
     p.add_argument("--block-size", type=int, default=32, help="weights per scale for the weight-only schemes")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -132,23 +133,70 @@ class RecordingBackend:
 FIRST_T2I_PROMPT = world.MODES.index("t2i")  # calibration_prompts cycles over world.MODES
 
 
-def calibration_prompts(n: int, seed: int = CALIBRATION_SEED) -> list[world.Sample]:
-    """`n` chat samples of the train split, cycling over the four data modes (t2t, ti2t, t2i, t2ti)."""
+@dataclass
+class Prompt:
+    """One calibration conversation: chat messages (image parts as PIL images or paths), and
+    whether its answer is drawn (recorded from `<imgbos>` on: the image-mode graphs' inputs)."""
+
+    messages: list[dict]
+    draw: bool = False
+
+
+def calibration_prompts(n: int, size: int = 64, seed: int = CALIBRATION_SEED) -> list[Prompt]:
+    """`n` chat samples of the shapes world's train split, cycling over the four data modes
+    (t2t, ti2t, t2i, t2ti); input scenes rendered at `size` pixels."""
+    from training_ref.evaluate import messages_for
+
     rng = np.random.default_rng(seed)
-    return [world.make_sample(rng, world.MODES[i % len(world.MODES)], heldout=False) for i in range(n)]
+    samples = [world.make_sample(rng, world.MODES[i % len(world.MODES)], heldout=False) for i in range(n)]
+    return [Prompt(messages_for(s, size), s.mode == "t2i") for s in samples]
 
 
-def record_generation(model: BundleModel, tokenizer, prompts: list[world.Sample], samples: int, *,
+def file_prompts(path: Path) -> list[Prompt]:
+    """Prompts from a JSONL file, one conversation a line: `{"messages": [...], "draw": false}`;
+    image parts name files relative to the JSONL file."""
+    import json
+
+    from calibration.errors import CalibrationError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CalibrationError(f"--prompts {path} is neither a number nor a file")
+    prompts = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CalibrationError(f"--prompts {path} cannot be read as UTF-8 text ({e.__class__.__name__})") from e
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            messages, draw = entry["messages"], bool(entry.get("draw", False))
+            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+                raise TypeError("messages is not a list of dicts")
+            for m in messages:
+                for part in m.get("content") if isinstance(m.get("content"), list) else ():
+                    if isinstance(part, dict) and part.get("type") == "image" and isinstance(part.get("image"), str):
+                        part["image"] = str(path.parent / part["image"])
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise CalibrationError(f"--prompts {path} line {i} is not {{\"messages\": [...], \"draw\": bool}} "
+                                   f"({e.__class__.__name__}: {e})") from e
+        prompts.append(Prompt(messages, draw))
+    if not prompts:
+        raise CalibrationError(f"--prompts {path} holds no prompts")
+    return prompts
+
+
+def record_generation(model: BundleModel, tokenizer, prompts: list[Prompt], samples: int, *,
                       max_new_tokens: int = 64, cfg_scale: float = 3.0, seed: int = CALIBRATION_SEED,
                       force_images: bool = True,
                       progress: bool = True) -> tuple[dict[str, list[Feeds]], list[np.ndarray]]:
     """Generate over `prompts` with the runtime, recording the decoder's and heads' feeds.
 
     Returns ({graph: up to `samples` feeds}, the code grids generated [h, w]). The model's
-    backends are wrapped for the duration and restored afterwards. With `force_images`, t2i
-    prompts start their answer with `<imgbos>` (see `ForceImageBackend`)."""
-    from training_ref.evaluate import messages_for
-
+    backends are wrapped for the duration and restored afterwards. With `force_images`, the
+    drawing prompts start their answer with `<imgbos>` (see `ForceImageBackend`)."""
     rng = np.random.default_rng(seed)
     reservoirs = {g: Reservoir(samples, rng) for g in RECORDED_GRAPHS}
     originals = {g: model.backends[g] for g in RECORDED_GRAPHS}
@@ -157,9 +205,9 @@ def record_generation(model: BundleModel, tokenizer, prompts: list[world.Sample]
         recorders = {g: RecordingBackend(originals[g], reservoirs[g]) for g in RECORDED_GRAPHS}
         model.backends.update(recorders)
         forcing = model.backends["text_head"] = ForceImageBackend(model.backends["text_head"], model.space.n_text_vocab)
-        for sample in tqdm(prompts, desc="calibration: recording", disable=not progress):
-            forcing.armed = force_images and sample.mode == "t2i"
-            for event in generate(model, tokenizer, messages_for(sample), max_new_tokens=max_new_tokens,
+        for prompt in tqdm(prompts, desc="calibration: recording", disable=not progress):
+            forcing.armed = force_images and prompt.draw
+            for event in generate(model, tokenizer, prompt.messages, max_new_tokens=max_new_tokens,
                                   cfg_scale=cfg_scale, sampling=SamplingParams()):
                 if isinstance(event, ImageDone):
                     grids.append(np.asarray(event.codes, np.int64))

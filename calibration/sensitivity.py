@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from armor_export.compare import session
 from calibration.quantize import cosine, quantize_qdq
 
 log = logging.getLogger(__name__)
@@ -28,15 +29,6 @@ TARGETS = {"decoder": ("cosine", 0.9995), "text_head": ("top1", 0.99), "visual_h
            "vision_encoder": ("cosine", 0.9995), "vq_decoder": ("cosine", 0.9995)}
 MAX_EXCLUDED_FRACTION = 1 / 3
 EVAL_FEEDS = 32
-
-
-def _session(path: Path):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def _score(kind: str, ref: list[np.ndarray], test: list[np.ndarray]) -> float:
@@ -52,7 +44,7 @@ def sensitivity_pass(graph: str, src: Path, feeds: list[dict], tmp: Path, *, op_
     kind, target = TARGETS[graph]
     cache = tmp / f"{graph}.ranges.json"
     evaluation = feeds[:: max(1, len(feeds) // EVAL_FEEDS)][:EVAL_FEEDS]
-    ref_session = _session(src)
+    ref_session = session(src)
     out = ref_session.get_outputs()[0].name
     ref = [ref_session.run([out], f)[0] for f in evaluation]
 
@@ -60,8 +52,8 @@ def sensitivity_pass(graph: str, src: Path, feeds: list[dict], tmp: Path, *, op_
         path = tmp / f"{graph}.sensitivity.onnx"
         quantize_qdq(src, path, feeds, op_types=op_types, method=method, exclude=exclude + excluded,
                      symmetric_activations=symmetric_activations, cache=cache)
-        session = _session(path)
-        return _score(kind, ref, [session.run([out], f)[0] for f in evaluation])
+        quantized = session(path)
+        return _score(kind, ref, [quantized.run([out], f)[0] for f in evaluation])
 
     all_quantized = run([])
     record = {"score": kind, "target": target, "all_quantized": round(all_quantized, 6), "excluded": []}

@@ -59,6 +59,15 @@ TIME_KEYS = ("ttft_ms", "vision_ms", "vq_decode_ms", "s_per_image")  # lower is 
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident set (Linux VmHWM: its own, while ru_maxrss keeps the parent's
+    peak across fork and exec); elsewhere ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -286,6 +295,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--positions", default="64", help="context lengths of the decoder-step timing, e.g. 64,1024")
     p.add_argument("--threads", type=int)
     p.add_argument("--ort-spinning", action="store_true", help="let ORT's intra-op threads spin between calls")
+    p.add_argument("--ort-thread-pool", default="shared", choices=("shared", "session"),
+                   help="one intra-op thread pool for every graph (default) or one per session")
     p.add_argument("--soak", type=int, metavar="N", help="instead: N mixed generations in one process, RSS series")
     return p.parse_args(argv)
 
@@ -331,6 +342,8 @@ def main(argv=None) -> int:
 
         return soak_main(args)
     options = {"allow_spinning": True} if args.ort_spinning else {}
+    if args.backend == "ort":
+        options["thread_pool"] = args.ort_thread_pool
     try:
         from runtime.bundle import open_bundle
 
@@ -361,6 +374,7 @@ def main(argv=None) -> int:
             "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps, "repeats": args.repeats,
             "positions": positions, "threads": args.threads, "read_bandwidth_gbs": bandwidth,
             "bandwidth_threads": threads, "backend": args.backend, "ort_spinning": args.ort_spinning,
+            "ort_thread_pool": args.ort_thread_pool,
             "note": "each engine and bundle is measured in its own fresh process"}
     ratios = write_outputs(args.out, rows, meta)
     print(f"memory read bandwidth ({threads} threads): {bandwidth:.1f} GB/s")

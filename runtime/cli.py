@@ -37,7 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cfg-scale", type=float, help="classifier-free guidance for images (1 = off; "
                    "default: the model's, from the bundle manifest)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="budget of text tokens")
-    p.add_argument("--threads", type=int, help="intra-op threads per graph")
+    p.add_argument("--threads", type=int, help="intra-op threads")
+    p.add_argument("--thread-pool", default="shared", choices=("shared", "session"),
+                   help="ONNX Runtime: one thread pool for every graph (default, faster) or one per graph")
     p.add_argument("--io-binding", action="store_true",
                    help="keep the decoder's KV cache in ONNX Runtime memory between steps (IO binding)")
     p.add_argument("--no-verify-hashes", action="store_true", help="skip the sha256 check (slow storage)")
@@ -56,6 +58,8 @@ def main(argv=None) -> int:
             if not p.is_file():
                 raise InputError(f"image file not found: {p}")
         options = {"io_binding": True} if args.io_binding else {}
+        if args.backend == "ort":
+            options["thread_pool"] = args.thread_pool
         with ArmorPipeline.load(args.bundle, backend=args.backend, device=args.device,
                                 verify_hashes=not args.no_verify_hashes, threads=args.threads, **options) as pipe:
             bar, saved = None, []

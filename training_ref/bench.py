@@ -90,8 +90,16 @@ def measure(checkpoint: Path, work: dict) -> dict:
            "vq_decode_ms": _median_ms(lambda: model.vqgan.decode(codes), repeats * 3)}
     for p in work["positions"]:
         out[f"decoder_step_ms@{p}"] = _decoder_step_ms(model, p, steps, repeats)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    out["peak_rss_mb"] = _peak_rss_mb()
     return out
+
+
+def _peak_rss_mb() -> float:
+    """VmHWM (this process's own peak on Linux; ru_maxrss would include the parent's), else ru_maxrss."""
+    status = Path("/proc/self/status")
+    lines = status.read_text().splitlines() if status.exists() else []
+    hwm = [int(line.split()[1]) for line in lines if line.startswith("VmHWM:")]
+    return (hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024.0
 
 
 def _decoder_step_ms(model, position: int, steps: int, repeats: int) -> float:

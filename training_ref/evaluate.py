@@ -26,10 +26,11 @@ from training_ref import shapeeval, world
 
 log = logging.getLogger(__name__)
 
-def messages_for(sample: world.Sample) -> list[dict]:
+def messages_for(sample: world.Sample, size: int = 64) -> list[dict]:
+    """The chat messages of a world sample; its input scene rendered at `size` pixels."""
     if sample.image is None:
         return [{"role": "user", "content": sample.prompt}]
-    image = world.render(sample.image, 64)
+    image = world.render(sample.image, size)
     return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": sample.prompt}]}]
 
 

@@ -39,14 +39,62 @@ MEMORY = {"cpu": "cpu", "cuda": "cuda", "tensorrt": "cuda"}
 ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
              "tensor(int32)": "int32", "tensor(bool)": "bool"}
 GRAPHS = ("vision_encoder", "decoder", "text_head", "visual_head", "vq_decoder")
+_POOL: dict = {}  # the process-wide intra-op thread pool, once created: {"threads": n}
+
+
+def _global_pool(threads: int | None) -> bool:
+    """Create (once per process) the thread pool every session shares. The graphs take turns,
+    so one shared pool keeps its threads warm between them where per-session pools hand the
+    cores back and forth (text tokens/s 1.6x on proxy-1b, docs/benchmarks.md). False where this
+    onnxruntime cannot."""
+    if "threads" in _POOL:
+        if threads and threads != _POOL["threads"]:
+            log.warning("the shared ONNX Runtime thread pool already has %s threads; %d asked (one pool per process)",
+                        _POOL["threads"] or "default", threads)
+        return _POOL["ok"]
+    try:
+        from onnxruntime.capi import _pybind_state
+
+        _pybind_state.set_global_thread_pool_sizes(threads or 0, 1)
+        _POOL.update(threads=threads or 0, ok=True)
+    except (ImportError, AttributeError, RuntimeError) as e:
+        log.info("no shared thread pool (%s): one pool per session", e)
+        _POOL.update(threads=threads or 0, ok=False)
+    return _POOL["ok"]
+
+
+def session_options(threads: int | None = None, allow_spinning: bool = False, thread_pool: str = "session"):
+    """The SessionOptions of every ONNX Runtime session ARMOR Edge opens (runtime, export
+    verification, calibration). `thread_pool="shared"` gives all sessions of the process one
+    intra-op pool: the graphs take turns, and one pool keeps its threads warm between them
+    (text tokens/s 1.6x on proxy-1b, docs/benchmarks.md); once it exists, onnxruntime refuses
+    sessions with pools of their own, so every later session here joins it, and other code in
+    the process that opens sessions itself (onnxruntime's quantization tools do) fails: the CLIs,
+    which own their process, use it; the API default is a pool per session."""
+    import onnxruntime as ort
+
+    if thread_pool not in ("shared", "session"):
+        raise DeviceError(f"thread_pool must be shared or session, got {thread_pool!r}")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if (thread_pool == "shared" or _POOL.get("ok")) and _global_pool(threads):
+        opts.use_per_session_threads = False
+    elif threads:
+        opts.intra_op_num_threads = threads
+    # Per-session pools: spinning workers of one session would steal the cores the next
+    # session needs (`allow_spinning` to compare; docs/benchmarks.md).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    return opts
 
 
 class OrtBackend:
     """One graph in an onnxruntime InferenceSession. `provider_options` go to the first
-    provider (e.g. the TensorRT EP's profile shapes and engine cache)."""
+    provider (e.g. the TensorRT EP's profile shapes and engine cache). `thread_pool`: "session"
+    (each session its own intra-op pool, the default) or "shared" (see `session_options`)."""
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
-                 provider_options: dict | None = None, allow_spinning: bool = False):
+                 provider_options: dict | None = None, allow_spinning: bool = False, thread_pool: str = "session"):
         import onnxruntime as ort
 
         if device not in DEVICES:
@@ -57,14 +105,7 @@ class OrtBackend:
             extra = {"cuda": "onnxruntime-gpu", "tensorrt": "onnxruntime-gpu with TensorRT"}.get(device, "onnxruntime")
             raise DeviceError(f"device {device!r} needs {wanted[0]} ({extra}); this onnxruntime offers only "
                               f"{', '.join(offered)}")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
-        # The graphs take turns: spinning workers of one session would steal the cores the next
-        # session needs (measured in docs/benchmarks.md; `allow_spinning` to compare).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+        opts = session_options(threads, allow_spinning, thread_pool)
         providers = [p for p in wanted if p in offered]
         if provider_options:
             providers = [(providers[0], provider_options)] + providers[1:]
@@ -123,7 +164,8 @@ class OrtBackend:
 
 
 def open_engines(bundle, device: str = "cpu", threads: int | None = None, io_binding: bool = False,
-                 graphs: tuple[str, ...] = GRAPHS, provider_options: dict | None = None, allow_spinning: bool = False):
+                 graphs: tuple[str, ...] = GRAPHS, provider_options: dict | None = None, allow_spinning: bool = False,
+                 thread_pool: str = "session"):
     """Sessions for `graphs` (checked against the manifest) and the decoder engine."""
     if io_binding and bundle.model["kv_cache"] == "static":
         raise DeviceError("io_binding applies to the dynamic-cache decoder; this bundle's decoder has a static "
@@ -131,7 +173,8 @@ def open_engines(bundle, device: str = "cpu", threads: int | None = None, io_bin
     runners: dict[str, Timed] = {}
     try:
         for g in graphs:
-            runners[g] = Timed(OrtBackend(bundle.graph_path(g), device, threads, provider_options, allow_spinning))
+            runners[g] = Timed(OrtBackend(bundle.graph_path(g), device, threads, provider_options, allow_spinning,
+                                          thread_pool))
             check_io(bundle, g, runners[g])
     except Exception:
         for r in runners.values():

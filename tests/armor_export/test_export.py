@@ -121,7 +121,7 @@ def test_graphs_past_protobufs_2gib_limit_go_to_external_data(tmp_path, monkeypa
     from onnx import TensorProto, helper, numpy_helper
     import numpy as np
 
-    import armor_export.graphs as graphs
+    import armor_export.onnx_files as graphs
 
     w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
     node = helper.make_node("MatMul", ["x", "w"], ["y"])
@@ -148,7 +148,7 @@ def test_fp16_conversion_with_shapes_inferred_on_disk_matches_in_memory(random_b
     import numpy as np
     import onnxruntime as ort
 
-    from armor_export.manifest import convert_fp16
+    from armor_export.onnx_files import convert_fp16
 
     outs = []
     for on_disk in (False, True):

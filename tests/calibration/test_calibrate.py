@@ -21,7 +21,7 @@ from runtime.constants import MANIFEST_FILE
 from runtime.model import BundleModel
 from runtime.graphs import FLOAT, bundle_graphs
 
-FAST = dict(samples=12, prompts=4, n_vqa=4, n_t2i=4, progress=False)
+FAST = dict(samples=12, prompts=4, n_vqa=4, n_t2i=4, sensitivity=False, progress=False)
 SHIPPED_TINY = __import__("pathlib").Path(__file__).resolve().parents[2] / "training_ref" / "checkpoints" / "tiny"
 
 
@@ -73,14 +73,20 @@ def test_readers_yield_the_graphs_inputs(random_bundle, tmp_path):
 
 
 def test_scheme_bundle_loads_and_runs(quantized):
+    """Text and image questions run through every quantized graph: four text tokens each, and
+    the answers are close to the fp32 bundle's (same first token at least for weight-only)."""
+    from runtime.generation import Done
+
     scheme, out, _ = quantized
+    image = Image.fromarray(np.full((64, 64, 3), 200, np.uint8))
+    questions = [[{"role": "user", "content": "what is 2 plus 3?"}],
+                 [{"role": "user", "content": [{"type": "image", "image": image},
+                                               {"type": "text", "text": "what colour is the shape?"}]}]]
     with ArmorPipeline.load(out) as pipe:
-        text = pipe.chat([{"role": "user", "content": "what is 2 plus 3?"}], max_new_tokens=4)
-        image = Image.fromarray(np.full((64, 64, 3), 200, np.uint8))
-        seen = pipe.chat([{"role": "user", "content": [{"type": "image", "image": image},
-                                                       {"type": "text", "text": "what colour is the shape?"}]}],
-                         max_new_tokens=4)
-    assert text and seen and all(isinstance(p, str) for p in text + seen)
+        for q in questions:
+            done = [e for e in pipe.generate(q, max_new_tokens=4) if isinstance(e, Done)][0]
+            assert done.text_tokens == 4 or done.finish_reason == "eos", done
+            assert done.timings["vision_s"] > 0 if q is questions[1] else "vision_s" not in done.timings
 
 
 def test_scheme_graphs_hold_quantized_nodes(quantized):
@@ -92,9 +98,8 @@ def test_scheme_graphs_hold_quantized_nodes(quantized):
         if kind == "qdq":
             assert {"QuantizeLinear", "DequantizeLinear"} <= ops, name
             record = manifest["calibration"]["graphs"][name]
-            assert record["sensitivity"]["final"] >= record["sensitivity"]["all_quantized"]
-            # MatMuls kept out of Q/DQ by the sensitivity pass get 8-bit weight-only kernels (target cpu)
-            assert ("MatMulNBits" in ops) == bool(record.get("weight_only_nodes")), name
+            assert record["quantized_nodes"] > 0 and "sensitivity" not in record  # FAST: no sensitivity pass
+            assert "MatMulNBits" not in ops, name
         else:
             bits = {a.i for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
             assert bits == ({4, 8} if name in ("decoder", "text_model") and arg == 4 else {arg}), (name, bits)
@@ -132,6 +137,46 @@ def test_scheme_manifest_carries_precision_and_report(quantized, random_bundle):
     else:  # the onnxruntime-genai text path gets the same weight-only treatment
         assert manifest["files"]["text/model.onnx"]["precision"] == f"int{PLANS[scheme]['text_model'][1]}-weight"
         assert 0 <= acc["graphs"]["text_model"]["top1_agreement"] <= 1
+
+
+def test_sensitivity_pass_keeps_the_worst_nodes_in_float(random_bundle, tmp_path):
+    """With sensitivity on (the default), a node the pass keeps out of Q/DQ gets 8-bit
+    weight-only kernels on the cpu target, and the record shows the score improved."""
+    manifest = calibrate_bundle(random_bundle, tmp_path / "s", Settings(**{**FAST, "sensitivity": True}))
+    for name in PLANS["int8"]:
+        record = manifest["calibration"]["graphs"][name]
+        sens = record["sensitivity"]
+        assert sens["final"] >= sens["all_quantized"] and sens["target"] > 0
+        ops = {n.op_type for n in onnx.load(str(tmp_path / "s" / f"{name}.onnx")).graph.node}
+        assert ("MatMulNBits" in ops) == bool(record.get("weight_only_nodes")), name
+
+
+def test_prompts_file_and_absolute_source(random_bundle, tmp_path, monkeypatch):
+    """Calibration data from a JSONL file (an image path relative to it); a bundle exported with
+    a relative checkpoint path calibrates from another directory (the source is stored resolved)."""
+    from calibration.readers import file_prompts
+
+    Image.fromarray(np.full((64, 64, 3), 30, np.uint8)).save(tmp_path / "pic.png")
+    lines = [{"messages": [{"role": "user", "content": "hello there"}]},
+             {"messages": [{"role": "user", "content": [{"type": "image", "image": "pic.png"},
+                                                        {"type": "text", "text": "what is it?"}]}]},
+             {"messages": [{"role": "user", "content": "a picture please"}], "draw": True}]
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    prompts = file_prompts(tmp_path / "p.jsonl")
+    assert [p.draw for p in prompts] == [False, False, True]
+    assert prompts[1].messages[0]["content"][0]["image"] == str(tmp_path / "pic.png")
+    source = json.loads((random_bundle / MANIFEST_FILE).read_text())["source"]
+    assert __import__("os").path.isabs(source)
+    monkeypatch.chdir(tmp_path)
+    manifest = calibrate_bundle(random_bundle, tmp_path / "f", Settings(**{**FAST, "prompts": "p.jsonl"}))
+    assert manifest["calibration"]["checkpoint"] == source
+    assert manifest["accuracy"]["graphs"]["image_mode"]["positions"] > 0  # the VQGAN was found from elsewhere
+    (tmp_path / "bad.jsonl").write_text('{"messages": "hi"}\n')
+    with pytest.raises(CalibrationError, match="line 1 is not"):
+        calibrate_bundle(random_bundle, tmp_path / "g", Settings(**{**FAST, "prompts": "bad.jsonl"}))
+    (tmp_path / "nodraw.jsonl").write_text(json.dumps(lines[0]) + "\n")
+    with pytest.raises(CalibrationError, match="no drawing prompt"):
+        calibrate_bundle(random_bundle, tmp_path / "h", Settings(**{**FAST, "prompts": "nodraw.jsonl"}))
 
 
 def test_failed_gate_refuses_without_manifest(random_bundle, tmp_path, capsys):
@@ -189,7 +234,7 @@ def test_tiny_bundle_within_the_gates(scheme, tiny_bundle, tmp_path):
 
 def test_tensorrt_target_is_pure_symmetric_qdq(random_bundle, tmp_path):
     out = tmp_path / "trt"
-    manifest = calibrate_bundle(random_bundle, out, Settings(scheme="int8", target="tensorrt", sensitivity=False,
+    manifest = calibrate_bundle(random_bundle, out, Settings(scheme="int8", target="tensorrt",
                                                              exclude=["/lm_head/MatMul"], **FAST))
     assert manifest["calibration"]["graphs"]["text_head"]["float_nodes"] == ["/lm_head/MatMul"]
     for name in PLANS["int8"]:
