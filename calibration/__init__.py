@@ -13,6 +13,11 @@ may use torch (the checkpoint's VQGAN encoder); the bundles it writes need only 
 
 __version__ = "0.1.0"
 
+import runtime as _runtime  # noqa: E402
+from runtime._origin import check_ours as _check_ours  # noqa: E402
+
+_check_ours(_runtime)
+
 from calibration.calibrate import PLANS, SCHEMES, Settings, calibrate_bundle  # noqa: E402
 from calibration.errors import CalibrationError, GateError  # noqa: E402
 

@@ -43,12 +43,13 @@ def test_graph_io_follows_the_declaration(random_bundle):
     assert "past_key_values.0.key" in dec.input_names and "present.0.value" in dec.output_names
 
 
-def test_fp16_bundle_verifies(random_checkpoint, tmp_path):
+def test_fp16_bundle_verifies(random_checkpoint, random_bundle, tmp_path):
     manifest = export_bundle(random_checkpoint, tmp_path / "b16", dtype="fp16", progress=False, with_text_model=False)
     assert manifest["dtype"] == "fp16" and manifest["verification"]["passed"]
     assert manifest["graphs"]["decoder"]["inputs"][0]["dtype"] == "float16"
-    size32 = sum(f["bytes"] for n, f in json.loads((tmp_path / "b16" / MANIFEST_FILE).read_text())["files"].items())
-    assert size32 > 0
+    size16 = sum(f["bytes"] for f in manifest["files"].values() if f["role"] in manifest["graphs"])
+    size32 = sum((random_bundle / f"{n}.onnx").stat().st_size for n in manifest["graphs"])
+    assert 0.4 < size16 / size32 < 0.6, (size16, size32)  # fp16 weights: half the bytes
 
 
 def test_existing_bundle_is_refused_without_overwrite(random_checkpoint, random_bundle, tmp_path, capsys):
@@ -162,3 +163,35 @@ def test_fp16_conversion_with_shapes_inferred_on_disk_matches_in_memory(random_b
         outs.append(sess.run(None, {"hidden_states": x})[0])
     assert outs[0].dtype == np.float16
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_overwrite_without_text_model_leaves_no_stale_text_folder(random_checkpoint, random_bundle, tmp_path):
+    out = tmp_path / "b"
+    shutil.copytree(random_bundle, out)
+    assert (out / "text" / "model.onnx").is_file()
+    manifest = export_bundle(random_checkpoint, out, overwrite=True, with_text_model=False, progress=False)
+    assert not (out / "text").exists() and "text_model" not in manifest["verification"]["checks"]
+    assert not any(name.startswith("text/") for name in manifest["files"])
+
+
+def test_explicit_head_dim_is_read_from_the_config(tokenizer, tmp_path):
+    """Qwen3 / InternVL3.5 configs set head_dim != hidden / heads: every graph and the manifest follow it."""
+    import torch
+
+    from training_ref.checkpoint import save_checkpoint, tiny_config
+    from training_ref.model import ArmorConfig, ArmorModel
+
+    cfg = tiny_config(tokenizer).to_dict()
+    cfg["mllm"]["text_config"]["head_dim"] = 48  # hidden 128 / 4 heads would be 32
+    cfg = ArmorConfig.from_dict(cfg)
+    assert cfg.head_dim == 48
+    torch.manual_seed(0)
+    model = ArmorModel(cfg)
+    assert model.mllm.model.language_model.layers[0].self_attn.k_proj.out_features == 2 * 48
+    ckpt = save_checkpoint(model, tokenizer, tmp_path / "hd")
+    for form in ("dynamic", "static"):
+        m = export_bundle(ckpt, tmp_path / form, kv_cache=form, max_context=64 if form == "static" else None,
+                          progress=False)
+        assert m["verification"]["passed"] and m["model"]["head_dim"] == 48
+        past = next(t for t in m["graphs"]["decoder"]["inputs"] if t["name"] == "past_key_values.0.key")
+        assert past["axes"][3] == 48

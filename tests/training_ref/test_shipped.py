@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from PIL import Image
 
 from training_ref.checkpoint import load_checkpoint
@@ -25,6 +27,7 @@ def test_shipped_checkpoint_answers_text_image_text(tiny_checkpoint):
     # whether the image matches the text is a quality number (README), not asserted here
 
 
+@pytest.mark.slow
 def test_shipped_checkpoint_draws_the_prompted_layout(tiny_checkpoint):
     """A quality floor on 20 held-out t2i prompts (greedy, the checkpoint's default guidance):
     the README's 200-prompt numbers are shape 0.99, position 1.00, count 0.98, colour 0.96,
