@@ -1,10 +1,10 @@
 """`armor-export CHECKPOINT --target onnx --out BUNDLE`: checkpoint folder -> verified bundle.
 
     armor-export runs/tiny/final --target onnx --out bundles/tiny [--dtype fp16] [--no-verify]
-                 [--overwrite] [--no-text-model]
+                 [--overwrite] [--no-text-model] [--kv-cache dynamic|static] [--max-context N]
 
-`--target tensorrt` builds engines from an ONNX bundle and needs a CUDA device. Prints the
-verification report; exits non-zero (and writes no manifest) when anything fails.
+Prints the verification report; exits non-zero with one line (and writes no manifest) when
+anything fails.
 """
 
 from __future__ import annotations

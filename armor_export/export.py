@@ -1,4 +1,4 @@
-"""`export_bundle`: checkpoint folder -> bundle folder (DESIGN §3), verified, manifest last.
+"""`export_bundle`: checkpoint folder -> bundle folder (docs/design.md), verified, manifest last.
 
 Order of work: refuse what cannot work (no checkpoint, a bundle already there, too little
 disk), remove a previous manifest (from then on the folder is not a bundle), write every

@@ -7,7 +7,7 @@ cache likewise. These rewrites live here, never in the reference model.
 
 Export uses the TorchScript-based exporter (`dynamo=False`, opset 17): it handles the
 varargs cache with plain `dynamic_axes` and runs ~20x faster than dynamo here
-(../shared/FACTS.md). Examples are traced with sequence > 1 and past > 0, so no shape is
+(docs/benchmarks.md). Examples are traced with sequence > 1 and past > 0, so no shape is
 baked in. This module knows torch and the graph declarations; not manifests or verification.
 """
 

@@ -11,7 +11,7 @@ Per graph, on held-out inputs that calibration never saw:
 - vision encoder: mean cosine of the image embeddings;
 - text model (text/model.onnx, the onnxruntime-genai path, when the bundle has one): text-only
   prompts + reference answers (t2t) through it, the same logit metrics.
-End to end: the runtime's `chat` (greedy, CFG 3) on the held-out VQA and t2i prompts of
+End to end: the runtime's `chat` (greedy, the model's default guidance) on the held-out VQA and t2i prompts of
 `training_ref.evaluate`, scored by its `score_outputs`: VQA accuracy and ShapeEval
 all-correct, fp32 vs quantized, and the drops in points that the gates judge.
 

@@ -52,14 +52,7 @@ log = logging.getLogger(__name__)
 
 SCHEMES = ("int8", "int8-weight", "int4-weight")
 TARGETS = ("cpu", "tensorrt")
-# Defaults measured with `python -m calibration.sweep` (int8) on the shipped tiny, KL to fp32 of
-# text-mode logits (200 held-out VQA) / image-mode logits (16 held-out t2i):
-#   with the sensitivity pass (the default pipeline), minmax: samples 32 -> 1.7e-3 / 1.1e-2,
-#   64 -> 5.4e-4 / 9.0e-3, 128 -> 5.9e-4 / 6.9e-3; percentile (99.999) within noise of minmax
-#   at 1.4-2x the time; entropy clips what matters: 8.3e-3 / 0.44 at 64 (no sensitivity pass).
-# On the `base` stage model (100 VQA, text KL, minmax, no sensitivity pass): samples
-# 8/16/32/64/128 -> 7.4e-3/7.3e-3/6.8e-4/5.1e-4/5.1e-4; prompts 4/8/16/32 at 64 samples ->
-# 1.8e-3/7.2e-4/5.1e-4/5.1e-4.
+# Defaults chosen with `python -m calibration.sweep` on the shipped tiny (docs/benchmarks.md).
 DEFAULT_SAMPLES = 64
 DEFAULT_METHOD = "minmax"
 DEFAULT_PROMPTS = 16
@@ -70,15 +63,9 @@ PLANS: dict[str, dict[str, tuple]] = {
              "text_head": ("qdq", ("MatMul",)), "visual_head": ("qdq", ("MatMul",)),
              "vq_decoder": ("qdq", ("Conv",))},
     "int8-weight": {g: ("nbits", 8) for g in ("decoder", "text_head", "visual_head", "text_model")},
-    # int4 keeps 8 bits for the output heads and the MLP down projections (as llama.cpp's Q4_K_M
-    # keeps its output layer and ffn_down at more bits; down_proj is also what the int8
-    # sensitivity pass finds). Trained tiny, 200 held-out VQA (fp32 51.0%), text/image-mode
-    # top-1 (KL) against fp32: all 4-bit 0.917 (9.2e-3) / 0.798 (9.6e-2); 8-bit heads 0.978
-    # (6.6e-4) / 0.891 (3.1e-2), VQA 48.5%; + 8-bit down_proj 0.986 (7.3e-4) / 0.932 (1.0e-2),
-    # VQA 50.0%. (Block 16 or asymmetric scales instead: image KL 2.6e-2 / 2.8e-2.) The tiny that
-    # draws colour (all-correct 0.92) also needs 8-bit attention values (v_proj, which Q4_K_M also
-    # gives more bits): ShapeEval all-correct drop on 200 held-out prompts 4.5 -> 3.0 points (40:
-    # 10.0 -> 2.5); 8-bit o_proj instead 3.0, up_proj 3.5, the last layer 5.5; block 16 (40) 7.5.
+    # int4 keeps 8 bits for the output heads, the MLP down projections and the attention value
+    # projections (as llama.cpp's Q4_K_M gives its output layer, ffn_down and attn_v more bits);
+    # the alternatives measured are in docs/benchmarks.md
     "int4-weight": {"decoder": ("nbits", 4), "text_head": ("nbits", 8), "visual_head": ("nbits", 8),
                     "text_model": ("nbits", 4)},
 }

@@ -1,7 +1,7 @@
 """Quantizing one ONNX graph: static INT8 as explicit Q/DQ, or weight-only `MatMulNBits`.
 
 - `quantize_qdq`: onnxruntime's `quantize_static` in `QuantFormat.QDQ`, weights per channel,
-  on the op types a graph keeps its accuracy with (FACTS: every op type destroys a decoder;
+  on the op types a graph keeps its accuracy with (every op type destroys a decoder;
   MatMul with a constant weight only holds), ranges calibrated on real feeds (a list of
   `{input_name: ndarray}`) with minmax, entropy or percentile. Nodes can be excluded by name;
   a calibration cache lets the sensitivity pass re-quantize without re-calibrating.
@@ -152,11 +152,8 @@ def quantize_weights(src: Path, dst: Path, *, bits: int = 4, block_size: int = 3
 
     `accuracy_level` is the node's minimum compute precision (0 unset, 1 fp32, 2 fp16,
     3 bf16, 4 int8). The graph's activations stay float either way; with 4 the CPU kernel
-    quantizes each activation block to int8 on the fly. Measured on a 4-layer, 896-wide decoder
-    step (this CPU, 2 threads): 8-bit weights take 175 ms at level 1 (no fast fp32 kernel for
-    8 bits: 12x slower than fp32's 15 ms) and 5.8 ms at level 4; 4-bit take 6.7 ms (batch 1)
-    and 18 ms (batch 2, the CFG batch) at level 1, 4.1 and 5.5 ms at level 4; hidden-state
-    cosine to fp32 moves by < 1e-4. Execution providers without an int8 kernel ignore it."""
+    quantizes each activation block to int8 on the fly: 8-bit weights have no fast kernel at level
+    1 on this CPU (docs/benchmarks.md), so the default is 4. Execution providers without an int8 kernel ignore it."""
     nbits = _nbits_module()
     DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer = nbits.DefaultWeightOnlyQuantConfig, nbits.MatMulNBitsQuantizer
 

@@ -42,13 +42,10 @@ def tiny_config(tokenizer: Tokenizer) -> ArmorConfig:
     text = dict(model_type="qwen2", hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
                 num_key_value_heads=2, intermediate_size=384, vocab_size=tokenizer.get_vocab_size(),
                 max_position_embeddings=512, tie_word_embeddings=False)
-    # 1024 codes: with 256, 53% of the object patches of single-object scenes got a code shared
-    # between colours (1024: 33%), so the image targets often did not say the colour
+    # 1024 codes: with 256 many object patches share a code between colours (docs/model-card.md)
     vq = VQGANConfig(resolution=64, ch=16, ch_mult=(1, 2, 4, 4), num_res_blocks=1, z_channels=64,
                      embed_dim=64, n_embed=1024, norm_groups=8, local_patches=True)
-    # guidance off by default: on held-out prompts scale 1.0 beat 2.0 and 3.0 on every ShapeEval attribute.
-    # Adapter 4 blocks x 8 heads: after the same curriculum `how`, colour 0.50 vs 0.37 with 2 x 4
-    # (40 held-out prompts; single objects 13 vs 8 of 15 colours right)
+    # guidance off by default and a 4-block, 8-head adapter: both measured best (docs/model-card.md)
     return _armor_config("tiny", tokenizer, vision, text, vq, n_image_tokens=16, adapter=(4, 8, 512),
                          context_length=512, cfg_scale=1.0)
 

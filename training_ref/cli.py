@@ -29,9 +29,8 @@ from training_ref.tokenizer import train_tokenizer
 
 log = logging.getLogger("armor-train")
 
-# Steps and batch sizes of the shipped `tiny` checkpoint (fixed seed 0). `how` is where colour is
-# learned (all-correct on 200 held-out prompts: 2500 steps 0.21, 3500 0.785, 4500 0.92, each with
-# `better`); `onestage` gets the WoHG stages' budget (what + how + better) for a fair ablation.
+# Steps and batch sizes of the shipped `tiny` checkpoint (fixed seed 0; docs/model-card.md says why
+# each); `onestage` gets the WoHG stages' budget (what + how + better) for a fair ablation.
 TINY_SCHEDULE = {"vq": (3000, 16), "base": (2500, 32), "what": (1500, 32), "how": (4500, 32),
                  "better": (600, 32)}
 TINY_SCHEDULE["onestage"] = (sum(TINY_SCHEDULE[s][0] for s in train.WOHG), 32)

@@ -1,4 +1,4 @@
-"""Quality of checkpoints on the shapes world's held-out prompts (the README's table).
+"""Quality of checkpoints on the shapes world's held-out prompts (docs/model-card.md's table).
 
     python -m training_ref.evaluate CKPT [CKPT ...] [--names base wohg ...] [--json OUT]
 

@@ -9,7 +9,7 @@ Classifier-free guidance: the unconditional branch is the same chat template wit
 *empty* user message, then `<imgbos>` and the codes generated so far; training drops the
 condition to exactly that sequence (train.py), so the model knows both distributions.
 Image logits are `uncond + scale * (cond - uncond)`; scale 1 disables guidance; by default
-the scale is the checkpoint's `cfg_scale` (measured per preset).
+the scale is the checkpoint's `cfg_scale`.
 
 `max_new_tokens` bounds text tokens; an image, once started, always completes its grid
 (or ends at `<imgend>`). An image ended early by `<imgend>` has its missing codes set to 0.

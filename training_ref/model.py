@@ -21,10 +21,7 @@ segment (0 is `<imgbos>`), then N+1+j for context token j. Why: ARMOR's decoder 
 and reading "what to draw" from the prompt's own hidden states, in their order, lets the
 adapter find each object's phrase ("a large red triangle at the top left") by its position
 words; the cost is one adapter prefill over the context per image, and the adapter still
-never runs for text tokens. (Measured on the shapes world: shape, size, position and count
-follow the prompt; colour, which the frozen decoder does not carry to the position words, came
-last and needed a deeper adapter, a single-object curriculum and a longer `how`. See the README's
-tiny checkpoint section.)
+never runs for text tokens (what was measured: docs/model-card.md).
 
 This file knows no training, optimizer, export or sampling code.
 """
@@ -52,7 +49,7 @@ class ArmorConfig:
     adapter_intermediate: int = 512
     vqgan: dict = field(default_factory=dict)  # VQGANConfig.to_dict()
     context_length: int = 1024
-    cfg_scale: float = 3.0  # the model's default classifier-free guidance (measured per preset; 1 = off)
+    cfg_scale: float = 3.0  # the model's default classifier-free guidance (1 = off)
     eos_token_id: int = 2  # `<|im_end|>`: ends the assistant turn
     pad_token_id: int = 0
     preset: str = "custom"
@@ -246,7 +243,7 @@ class ArmorModel(nn.Module):
         nn.init.normal_(self.visual_head.weight, std=0.02)
         self.vqgan = VQGAN(VQGANConfig.from_dict(cfg.vqgan))
 
-    # --- parameter groups named by the WoHG freeze table (DESIGN §1) -----------------------
+    # --- parameter groups named by the WoHG freeze table (docs/design.md) -----------------------
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         lm = self.mllm.model.language_model
         return {

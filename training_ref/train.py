@@ -1,6 +1,6 @@
 """Training stages: the VQGAN, the base MLLM, and ARMOR's WoHG steps (plus the 1-stage ablation).
 
-WoHG ("what or how to generate", DESIGN §1): decoder layers and the original embeddings are
+WoHG ("what or how to generate", docs/design.md): decoder layers and the original embeddings are
 always frozen, the new embeddings always train, and
 
     stage   trainable                                   loss
@@ -59,8 +59,7 @@ class Stage:
     p_uncond: float = 0.0
     # (share of the steps, max objects in the scenes to draw) phases, in order; after the last
     # phase scenes have 1..world.MAX_OBJECTS objects. Single objects first make the drawn colour
-    # follow the prompt's colour word (measured on tiny, 200 held-out prompts, 2-block adapter: colour
-    # 0.22 -> 0.32, all-correct 0.035 -> 0.065; README).
+    # follow the prompt's colour word (docs/model-card.md).
     curriculum: tuple[tuple[float, int], ...] = ()
 
     def max_objects(self, step: int, steps: int) -> int:
@@ -230,11 +229,8 @@ def _reseed_dead_codes(model: ArmorModel, rng: np.random.Generator, world_size: 
     """Codes no image of a probe batch uses are moved onto encoder outputs drawn with
     probability proportional to their quantization error.
 
-    Uniform draws land mostly on background patches (84% of the world's patches are plain
-    white), so spare codes go where reconstruction needs them least. Measured on the shapes
-    world: this alone did not stop whole-image encoding from splitting the background over
-    hundreds of context-dependent codes (its latents differ with the neighbourhood); the
-    patch-local encoding (`VQGANConfig.local_patches`) did: one background code."""
+    Uniform draws land mostly on the world's (white) background patches, so spare codes go
+    where reconstruction needs them least."""
     vq, res = model.vqgan, model.config.vqgan["resolution"]
     pixels = torch.from_numpy(np.stack([to_unit_range(world.render(world.sample_scene(rng), res), res)
                                         for _ in range(64)]))
