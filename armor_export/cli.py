@@ -16,24 +16,24 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.errors import ArmorError
+from runtime.cliutil import ArgumentParser, boundary, whole
 
 TARGETS = ("onnx",)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="armor-export", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="armor-export", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", type=Path, help="an ARMOR checkpoint folder (armor-train output)")
-    p.add_argument("--target", default="onnx", help=f"what to build: {', '.join(TARGETS)}")
+    p.add_argument("--target", default="onnx", choices=TARGETS, help="what to build")
     p.add_argument("--out", type=Path, required=True, help="the bundle folder to write")
-    p.add_argument("--dtype", default="fp32", help="fp32 or fp16")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16"), help="the graphs' float type")
     p.add_argument("--no-verify", action="store_true", help="skip the numerical verification against PyTorch")
     p.add_argument("--overwrite", action="store_true", help="replace a bundle already in --out")
     p.add_argument("--no-text-model", action="store_true", help="skip text/ (the onnxruntime-genai text path)")
     p.add_argument("--kv-cache", default="dynamic", choices=("dynamic", "static"),
                    help="the decoder's cache form: dynamic (past grows by a Concat in the graph) or static "
                         "(fixed capacity, the runtime writes new rows in place; the TensorRT form)")
-    p.add_argument("--max-context", type=int, help="the static cache's capacity in tokens (default: the model's "
+    p.add_argument("--max-context", type=whole(8), help="the static cache's capacity in tokens (default: the model's "
                                                     "context length)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -42,23 +42,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.target not in TARGETS:
-        print(f"armor-export: error: unknown target {args.target!r}; choose one of {', '.join(TARGETS)}",
-              file=sys.stderr)
-        return 2
+    return boundary("armor-export", lambda: _export(args))
+
+
+def _export(args) -> int:
     from armor_export.export import export_bundle
 
     t0 = time.time()
-    try:
-        manifest = export_bundle(args.checkpoint, args.out, dtype=args.dtype, verify=not args.no_verify,
-                                 overwrite=args.overwrite, with_text_model=not args.no_text_model,
-                                 progress=not args.quiet, kv_cache=args.kv_cache, max_context=args.max_context)
-    except ArmorError as e:
-        print(f"armor-export: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"armor-export: error: {e.strerror or e} ({e.filename or args.out})", file=sys.stderr)
-        return 1
+    manifest = export_bundle(args.checkpoint, args.out, dtype=args.dtype, verify=not args.no_verify,
+                             overwrite=args.overwrite, with_text_model=not args.no_text_model,
+                             progress=not args.quiet, kv_cache=args.kv_cache, max_context=args.max_context)
     print(format_report(manifest["verification"]))
     size = sum(f["bytes"] for f in manifest["files"].values())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

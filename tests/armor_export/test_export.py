@@ -92,10 +92,13 @@ def test_bad_checkpoints_fail_with_one_line_and_leave_no_bundle(random_checkpoin
 
 
 def test_unknown_target_and_dtype(random_checkpoint, tmp_path, capsys):
-    assert main([str(random_checkpoint), "--target", "coreml", "--out", str(tmp_path / "o")]) == 2
-    assert "unknown target" in capsys.readouterr().err
-    assert main([str(random_checkpoint), "--dtype", "int3", "--out", str(tmp_path / "o"), "--quiet"]) == 1
-    assert "--dtype" in capsys.readouterr().err
+    for argv, word in ((["--target", "coreml"], "--target"), (["--dtype", "int3"], "--dtype"),
+                       (["--max-context", "-4"], "--max-context")):
+        with pytest.raises(SystemExit) as e:
+            main([str(random_checkpoint), *argv, "--out", str(tmp_path / "o"), "--quiet"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and word in err[0], err
+    assert not (tmp_path / "o").exists()
 
 
 def test_failed_verification_writes_no_manifest(random_checkpoint, tmp_path, monkeypatch):
