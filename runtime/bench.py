@@ -81,7 +81,7 @@ def median_ms(fn, repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def workload(out: Path, size: int, steps: int, repeats: int, positions: list[int]) -> dict:
+def workload(out: Path, size: int, steps: int, repeats: int, positions: list[int], jacobi: list[int]) -> dict:
     """The prompts and settings every engine runs (written as JSON for the reference process)."""
     from PIL import Image, ImageDraw
 
@@ -90,7 +90,7 @@ def workload(out: Path, size: int, steps: int, repeats: int, positions: list[int
     ImageDraw.Draw(im).ellipse((size // 8, size // 8, size // 3, size // 3), fill=(220, 40, 40))
     im.save(image)
     return {"image": str(image), "vqa": VQA_QUESTION, "text": TEXT_PROMPT, "t2i": T2I_PROMPTS, "steps": steps,
-            "repeats": repeats, "positions": positions}
+            "repeats": repeats, "positions": positions, "jacobi": jacobi}
 
 
 def no_stop(space):
@@ -153,7 +153,8 @@ def bench_runtime(bundle: Path, backend: str, device: str, work: dict, threads: 
            "vision_ms": median_ms(lambda: m.encode_images(pixels), repeats * 3),
            "vq_decode_ms": median_ms(lambda: m.decode_image(codes), repeats * 3),
            "text_head_ms": median_ms(lambda: m.text_logits(hidden), repeats * 10),
-           **decoder_steps(m, work["positions"], steps, repeats)}
+           **decoder_steps(m, work["positions"], steps, repeats),
+           **(window_calls(m, work["jacobi"], repeats) if work.get("jacobi") else {})}
     out["text_outside_share"] = out["text_outside_ms"] / (out["text_graph_ms"] + out["text_outside_ms"])
     out["image_outside_share"] = out["image_outside_ms"] / (out["image_graph_ms"] + out["image_outside_ms"])
     out["peak_rss_mb"] = peak_rss_mb()
@@ -178,6 +179,50 @@ def decoder_steps(model, positions: list[int], steps: int, repeats: int) -> dict
                 stream.append([12])
             times.append((time.perf_counter() - t0) / steps)
         out[f"decoder_step_ms@{p}"] = min(times) * 1e3
+    return out
+
+
+def window_calls(model, windows: list[int], repeats: int, context: int = 64) -> dict:
+    """ms of one image-mode call at batch 2 (a CFG pair): W codes through the decoder and the
+    adapter + visual head, then rolled back (what one Jacobi iteration costs), per W; W = 1 is
+    the sequential step."""
+    out = {}
+    rng = np.random.default_rng(0)
+    ids = lambda n: rng.integers(10, model.space.n_text_vocab, n).tolist()  # noqa: E731
+    n_grid = model.grid[0] * model.grid[1]
+    for w in [1] + [w for w in windows if w != 1]:
+        if context + n_grid + w + 2 > model.context_length:
+            out[f"image_call_ms@{w}"] = float("nan")
+            continue
+        pair = model.start(ids(context) + [model.space.img_bos]).pair(model.start(ids(context // 2)
+                                                                                   + [model.space.img_bos]))
+        cursor = model.start_image(pair)
+        cursor.prefill()
+        codes = [model.space.image_index_to_id(int(c)) for c in rng.integers(0, model.space.n_codes, w)]
+
+        def call():
+            base, segment = pair.length, cursor.segment
+            cursor.append(pair.append(codes))
+            pair.truncate(base)
+            cursor.truncate(segment)
+
+        out[f"image_call_ms@{w}"] = median_ms(call, repeats * 3)
+    return out
+
+
+def projected_jacobi(row: dict, decoding: dict) -> dict:
+    """Seconds per image projected from this bundle's call costs and the calls per image that a
+    decoding report measured (on a real model): sequential calls x cost@1 / (Jacobi calls x cost@W)."""
+    out = {}
+    for setting in ("greedy", "sampled"):
+        base = decoding["results"].get(f"{setting}/sequential")
+        for name, r in decoding["results"].items():
+            if not name.startswith(f"{setting}/jacobi-") or not base:
+                continue
+            w = int(name.rsplit("-", 1)[1])
+            one, many = row.get("image_call_ms@1"), row.get(f"image_call_ms@{w}")
+            if one and many and np.isfinite(one) and np.isfinite(many):
+                out[f"projected_image_speedup_{setting}@{w}"] = (base["calls_per_image"] * one) / (r["calls_per_image"] * many)
     return out
 
 
@@ -297,6 +342,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ort-spinning", action="store_true", help="let ORT's intra-op threads spin between calls")
     p.add_argument("--ort-thread-pool", default="shared", choices=("shared", "session"),
                    help="one intra-op thread pool for every graph (default) or one per session")
+    p.add_argument("--jacobi", default="", metavar="W,...",
+                   help="also time one batch-2 image call of W codes (a Jacobi iteration) per W, e.g. 4,8,16")
+    p.add_argument("--jacobi-prompts", type=int, default=0, metavar="N",
+                   help="with --jacobi: compare sequential and Jacobi decoding of the first bundle on N held-out "
+                        "t2i prompts (calls and seconds per image, ShapeEval; python -m calibration.decoding, "
+                        "the `train` extra)")
+    p.add_argument("--jacobi-calls", type=Path, metavar="REPORT",
+                   help="with --jacobi: project seconds per image from a calibration.decoding report's calls "
+                        "per image (e.g. measured on tiny, for a random-weight proxy)")
+    p.add_argument("--temperature", type=float, default=1.0, help="the sampled setting of --jacobi-prompts")
+    p.add_argument("--top-k", type=int, default=64, help="the sampled setting of --jacobi-prompts")
     p.add_argument("--soak", type=int, metavar="N", help="instead: N mixed generations in one process, RSS series")
     return p.parse_args(argv)
 
@@ -322,6 +378,19 @@ def _reference(checkpoint: Path, work_file: Path, threads: int | None) -> dict:
     return json.loads(result.read_text())
 
 
+def _decoding(bundle: Path, windows: list[int], args, out: Path) -> dict:
+    """Sequential vs Jacobi decoding on held-out prompts (calibration.decoding, its own process)."""
+    cmd = [sys.executable, "-m", "calibration.decoding", str(bundle), "--windows", ",".join(map(str, windows)),
+           "--n", str(args.jacobi_prompts), "--temperature", str(args.temperature), "--top-k", str(args.top_k),
+           "--out", str(out), "--quiet"] + (["--threads", str(args.threads)] if args.threads else [])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ArmorError(f"the decoding comparison failed (needs the `train` extra): {tail}")
+    print(done.stdout.rstrip())
+    return json.loads(out.read_text())
+
+
 def _size_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**20
 
@@ -331,11 +400,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         positions = [int(p) for p in args.positions.split(",") if p.strip()]
+        jacobi = [int(w) for w in args.jacobi.split(",") if w.strip()]
     except ValueError:
-        positions = []
-    if args.steps < 1 or args.repeats < 1 or not positions or min(positions) < 1:
-        print("armor-bench: error: --steps and --repeats must be >= 1 and --positions a list of whole numbers >= 1 "
-              "(e.g. 64,1024)", file=sys.stderr)
+        positions = jacobi = []
+    if args.steps < 1 or args.repeats < 1 or not positions or min(positions) < 1 or \
+            (args.jacobi and (not jacobi or min(jacobi) < 2)) or args.jacobi_prompts < 0:
+        print("armor-bench: error: --steps and --repeats must be >= 1, --positions a list of whole numbers >= 1 "
+              "(e.g. 64,1024), --jacobi windows >= 2 (e.g. 4,8,16)", file=sys.stderr)
         return 2
     if args.soak is not None:
         from runtime.soak import main as soak_main
@@ -353,7 +424,8 @@ def main(argv=None) -> int:
         bandwidth = read_bandwidth_gbs(threads)
         args.out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=args.out) as tmp:
-            work = workload(Path(tmp), manifests[0]["model"]["vision_image_size"], args.steps, args.repeats, positions)
+            work = workload(Path(tmp), manifests[0]["model"]["vision_image_size"], args.steps, args.repeats, positions,
+                            jacobi)
             work_file = Path(tmp) / "workload.json"
             work_file.write_text(json.dumps(work))
             rows = []
@@ -362,6 +434,14 @@ def main(argv=None) -> int:
                 rows.append({"device": args.device, "precision": precision, "bundle": str(bundle),
                              "kv_cache": manifest["model"]["kv_cache"], "bundle_mb": _size_mb(bundle), **r,
                              **roofline(manifest, positions, bandwidth)})
+            decoding = None
+            if jacobi and args.jacobi_prompts:
+                decoding = _decoding(args.bundles[0], jacobi, args, Path(tmp) / "decoding.json")
+            elif jacobi and args.jacobi_calls:
+                decoding = json.loads(args.jacobi_calls.read_text())
+            if decoding:
+                for r in rows:
+                    r.update(projected_jacobi(r, decoding))
             if args.checkpoint:
                 r = _reference(args.checkpoint, work_file, args.threads)
                 rows.append({"device": "cpu", "precision": "fp32", "bundle": str(args.checkpoint),
@@ -376,6 +456,8 @@ def main(argv=None) -> int:
             "bandwidth_threads": threads, "backend": args.backend, "ort_spinning": args.ort_spinning,
             "ort_thread_pool": args.ort_thread_pool,
             "note": "each engine and bundle is measured in its own fresh process"}
+    if decoding:
+        meta["image_decoding"] = decoding
     ratios = write_outputs(args.out, rows, meta)
     print(f"memory read bandwidth ({threads} threads): {bandwidth:.1f} GB/s")
     for r in rows:
@@ -386,6 +468,9 @@ def main(argv=None) -> int:
             if step is not None and np.isfinite(step):
                 vs = f" (roofline {roof:.2f} ms, {step / roof:.2f}x)" if roof else ""
                 print(f"  decoder step @{p}: {step:.2f} ms{vs}")
+        calls = {k: v for k, v in r.items() if k.startswith(("image_call_ms@", "projected_image_speedup"))}
+        if calls:
+            print("  " + ", ".join(f"{k} {v:.2f}" for k, v in calls.items()))
     for name, vals in ratios.items():
         if vals:
             against = "runtime / pytorch" if name == "pytorch" else f"{name} / {jobs[0][1]} ({jobs[0][0]})"

@@ -37,6 +37,7 @@ from runtime.switch import ForwardSwitch, Mode
 log = logging.getLogger(__name__)
 
 IMAGE_DECODING = ("sequential", "jacobi")
+JACOBI_INITS = ("above", "repeat", "random")  # how runtime/jacobi.py tops up its window
 
 
 # --- events ------------------------------------------------------------------------------------
@@ -141,7 +142,7 @@ def prepare_prompt(model, tokenizer, messages: list[dict]) -> tuple[list[int], l
 
 def generate(model, tokenizer, messages: list[dict], *, max_new_tokens: int = 128, cfg_scale: float | None = None,
              sampling: SamplingParams = SamplingParams(), image_decoding: str = "sequential",
-             jacobi_window: int = 8, text_processor=None) -> Iterator[Event]:
+             jacobi_window: int = 8, jacobi_init: str = "above", text_processor=None) -> Iterator[Event]:
     """Events of one answer; `cfg_scale` None = the model's default (`model.cfg_scale`).
 
     `text_processor(i, logits) -> logits`, if given, sees the text-head logits [V + 1] of the
@@ -158,6 +159,8 @@ def generate(model, tokenizer, messages: list[dict], *, max_new_tokens: int = 12
     if image_decoding == "jacobi" and (isinstance(jacobi_window, bool) or not isinstance(jacobi_window, int)
                                        or not 2 <= jacobi_window <= 64):
         raise SamplingError(f"jacobi_window must be a whole number in 2..64, got {jacobi_window!r}")
+    if image_decoding == "jacobi" and jacobi_init not in JACOBI_INITS:
+        raise SamplingError(f"jacobi_init must be one of {', '.join(JACOBI_INITS)}, got {jacobi_init!r}")
     t_start = time.perf_counter()
     graph_start = model.graph_seconds()
     timer: dict = {}
@@ -219,7 +222,7 @@ def generate(model, tokenizer, messages: list[dict], *, max_new_tokens: int = 12
         cond.append([token])
         guided = cfg_scale != 1.0
         stream = cond.pair(model.start(uncond_ids)) if guided else cond
-        kw = {"window": jacobi_window} if image_decoding == "jacobi" else {}
+        kw = {"window": jacobi_window, "init": jacobi_init} if image_decoding == "jacobi" else {}
         stream, complete = yield from decode_image(model, stream, switch, sampler, cfg_scale, n_images, timer, **kw)
         cond = stream.row(0) if guided else stream
         # the conditional row takes <imgend> (after the last code when the grid is full)
@@ -265,14 +268,16 @@ def _sequential_image(model, stream, switch, sampler, cfg_scale, index, timer):
         switch.step(token)
         if token == space.img_end:
             log.warning("the image ended after %d of %d codes; missing codes set to 0", len(switch.codes), n_grid)
+            timer["image_calls"] = timer.get("image_calls", 0) + cursor.calls
             return stream, False
         yield ImageProgress(index, len(switch.codes), n_grid)
         if switch.grid_full:  # <imgend> is forced, not sampled
+            timer["image_calls"] = timer.get("image_calls", 0) + cursor.calls
             return stream, True
         logits = cursor.append(stream.append([token]))[:, -1]
 
 
-def _jacobi_image(model, stream, switch, sampler, cfg_scale, index, timer, window: int = 8):
+def _jacobi_image(model, stream, switch, sampler, cfg_scale, index, timer, window: int = 8, init: str = "above"):
     from runtime.jacobi import jacobi_image
 
-    return (yield from jacobi_image(model, stream, switch, sampler, cfg_scale, index, timer, window))
+    return (yield from jacobi_image(model, stream, switch, sampler, cfg_scale, index, timer, window, init))

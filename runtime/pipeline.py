@@ -49,17 +49,19 @@ class ArmorPipeline:
 
     def generate(self, messages: list[dict], *, max_new_tokens: int = 128, cfg_scale: float | None = None,
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                 image_decoding: str = "sequential", jacobi_window: int = 8,
+                 image_decoding: str = "sequential", jacobi_window: int = 8, jacobi_init: str = "above",
                  text_processor=None) -> Iterator[Event]:
         """Events of one answer. `image_decoding="jacobi"` decodes `jacobi_window` codes per step
-        (speculative Jacobi decoding: the same codes greedily, the same distribution sampled).
+        (speculative Jacobi decoding: the same codes greedily, the same distribution sampled);
+        `jacobi_init` (above, repeat, random) fills its window.
         `text_processor(i, logits) -> logits` edits the text logits of answer token i before sampling."""
         if self.model is None:
             raise InputError("this pipeline is closed: load the bundle again")
         sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         for event in generate(self.model, self.tokenizer, messages, max_new_tokens=max_new_tokens,
                               cfg_scale=cfg_scale, sampling=sampling, image_decoding=image_decoding,
-                              jacobi_window=jacobi_window, text_processor=text_processor):
+                              jacobi_window=jacobi_window, jacobi_init=jacobi_init,
+                              text_processor=text_processor):
             if isinstance(event, Done):
                 self.last_done = event
             yield event

@@ -40,9 +40,41 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray) -> int:
         logits = np.asarray(logits, dtype=np.float64).reshape(-1)
-        p = self.params
-        if p.temperature == 0.0:
+        if self.params.temperature == 0.0:
             return int(np.argmax(logits))
+        order, probs = self._support(logits)
+        return int(order[self._index(np.cumsum(probs))])
+
+    @property
+    def greedy(self) -> bool:
+        return self.params.temperature == 0.0
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """The distribution `__call__` samples from, as a full vector [len(logits)] (float64;
+        greedy: one-hot at the argmax)."""
+        logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+        out = np.zeros(len(logits))
+        if self.greedy:
+            out[int(np.argmax(logits))] = 1.0
+        else:
+            order, probs = self._support(logits)
+            out[order[: len(probs)]] = probs
+        return out
+
+    def draw(self, probs: np.ndarray) -> int:
+        """One index from an explicit distribution (need not be normalised; greedy: its argmax)."""
+        probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+        if self.greedy:
+            return int(np.argmax(probs))
+        return self._index(np.cumsum(probs))
+
+    def uniform(self) -> float:
+        """One draw from U[0, 1) off the same seeded generator."""
+        return float(self.rng.random())
+
+    def _support(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(token order best first, the probabilities of its first len(probs) tokens)."""
+        p = self.params
         order = np.argsort(-logits, kind="stable")  # best first; ties by index
         scaled = logits[order] / p.temperature
         if p.top_k:
@@ -52,6 +84,7 @@ class Sampler:
         if p.top_p < 1.0:
             keep = int(np.searchsorted(np.cumsum(probs), p.top_p) + 1)
             probs = probs[:keep] / probs[:keep].sum()
-        cdf = np.cumsum(probs)
-        idx = min(int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right")), len(cdf) - 1)
-        return int(order[idx])
+        return order, probs
+
+    def _index(self, cdf: np.ndarray) -> int:
+        return min(int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right")), len(cdf) - 1)

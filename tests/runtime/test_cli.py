@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from runtime.bench import main as bench_main
@@ -42,7 +43,8 @@ def test_armor_run_bad_inputs(random_bundle, tmp_path, capsys):
 def test_armor_bench_writes_json_csv_png(random_bundle, random_static_bundle, random_checkpoint, tmp_path):
     out = tmp_path / "bench"
     assert bench_main([str(random_bundle), str(random_static_bundle), "--checkpoint", str(random_checkpoint),
-                       "--out", str(out), "--steps", "4", "--repeats", "1", "--positions", "8,100"]) == 0
+                       "--out", str(out), "--steps", "4", "--repeats", "1", "--positions", "8,100",
+                       "--jacobi", "4"]) == 0
     data = json.loads((out / "bench.json").read_text())
     assert [r["engine"] for r in data["rows"]] == ["runtime", "runtime", "pytorch"]
     assert [r.get("kv_cache") for r in data["rows"]] == ["dynamic", "static", None]
@@ -56,6 +58,7 @@ def test_armor_bench_writes_json_csv_png(random_bundle, random_static_bundle, ra
     for r in data["rows"][:2]:  # the runtime's own loop cost, and the roofline beside the step
         assert 0 < r["text_outside_share"] < 1 and 0 < r["image_outside_share"] < 1
         assert 0 < r["roofline_ms@8"] < r["decoder_step_ms@8"]
+        assert r["image_call_ms@1"] > 0 and r["image_call_ms@4"] > 0  # one Jacobi iteration vs one step
     assert data["meta"]["read_bandwidth_gbs"] > 0.5
     assert (out / "bench.csv").read_text().startswith("device,precision,engine")
     assert (out / "bench.png").stat().st_size > 0
@@ -71,3 +74,25 @@ def test_armor_run_on_tiny_answers_with_text_and_an_image(tiny_bundle, tmp_path,
     image = Image.open(out / "image_0.png")
     assert image.size == (64, 64) and image.mode == "RGB"
     assert not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_jacobi_on_tiny_armor_run_and_bench(tiny_bundle, tmp_path, capsys):
+    """armor-run --image-decoding jacobi answers as sequential decoding does (greedy); armor-bench
+    --jacobi compares both on held-out prompts in one command and projects the speed-up."""
+    prompt = ["--prompt", "draw a picture with 3 shapes and tell me what it shows."]
+    answers = []
+    for extra in ([], ["--image-decoding", "jacobi", "--window", "8"]):
+        out = tmp_path / f"out{len(answers)}"
+        assert run_main([str(tiny_bundle), *prompt, "--out", str(out), *extra]) == 0
+        text = capsys.readouterr().out.split("timings:")[0].replace(str(out), "OUT")
+        answers.append((text, (out / "image_0.png").read_bytes()))
+    assert answers[0] == answers[1]
+    out = tmp_path / "bench"
+    assert bench_main([str(tiny_bundle), "--out", str(out), "--steps", "4", "--repeats", "1", "--jacobi", "4",
+                       "--jacobi-prompts", "2"]) == 0
+    data = json.loads((out / "bench.json").read_text())
+    results = data["meta"]["image_decoding"]["results"]
+    assert results["greedy/jacobi-4"]["identical_to_sequential"]
+    assert results["greedy/jacobi-4"]["calls_per_image"] < results["greedy/sequential"]["calls_per_image"]
+    assert data["rows"][0]["projected_image_speedup_greedy@4"] > 0
