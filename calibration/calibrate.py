@@ -129,6 +129,12 @@ def calibrate_bundle(source: str | Path, out: str | Path, settings: Settings | N
     accuracy drops beyond the gates and `settings.force` is not set."""
     settings = settings or Settings()
     settings.check()
+    from runtime.backends.ort import shared_pool_active
+
+    if shared_pool_active():  # onnxruntime's quantization tools open sessions with pools of their own
+        raise CalibrationError("this process already runs ONNX Runtime with one shared thread pool (armor-run, "
+                               "thread_pool='shared'), which onnxruntime's quantization tools cannot join: "
+                               "calibrate in a fresh process")
     t0 = time.time()
     source, out = Path(source), Path(out)
     src = open_bundle(source)
@@ -151,7 +157,7 @@ def calibrate_bundle(source: str | Path, out: str | Path, settings: Settings | N
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_FILE).unlink(missing_ok=True)  # from here on, `out` is not a bundle
     files, details = _copy_unchanged(src, out, plan), {}
-    with scratch_dir() as tmp:
+    with scratch_dir(out) as tmp:
         feeds = _calibration_feeds(src, settings, plan, checkpoint) if any(
             kind == "qdq" for kind, _ in plan.values()) else {}
         for name, (kind, arg) in plan.items():

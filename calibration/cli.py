@@ -18,20 +18,20 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.errors import ArmorError
+from runtime.cliutil import ArgumentParser, boundary, number, whole, writable_folder
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     from calibration.calibrate import DEFAULT_METHOD, DEFAULT_PROMPTS, DEFAULT_SAMPLES, SCHEMES, TARGETS
     from calibration.quantize import METHODS
 
-    p = argparse.ArgumentParser(prog="armor-calibrate", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="armor-calibrate", description=__doc__.split("\n\n")[0])
     p.add_argument("bundle", type=Path, help="an fp32 bundle folder (armor-export output)")
     p.add_argument("--out", type=Path, required=True, help="the quantized bundle folder to write")
     p.add_argument("--scheme", default="int8", choices=SCHEMES,
                    help="int8: static Q/DQ (weights and activations); int8-weight / int4-weight: MatMulNBits "
                         "weight-only for the decoder and heads (default int8)")
-    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+    p.add_argument("--samples", type=whole(1), default=DEFAULT_SAMPLES,
                    help=f"calibration inputs per graph (default {DEFAULT_SAMPLES})")
     p.add_argument("--prompts", default=str(DEFAULT_PROMPTS), metavar="N|FILE",
                    help=f"what the decoder and heads are calibrated on: N shapes-world generations (default "
@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         f'{{"messages": [...], "draw": false}} (image paths relative to the file)')
     p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
                    help=f"activation range calibration for int8 (default {DEFAULT_METHOD})")
-    p.add_argument("--block-size", type=int, default=32, help="weights per scale for the weight-only schemes")
+    p.add_argument("--block-size", type=whole(16), default=32, help="weights per scale for the weight-only schemes")
     p.add_argument("--accuracy-level", type=int, default=4, choices=range(5), metavar="{0..4}",
                    help="weight-only: MatMulNBits compute precision (1 fp32, 4 int8 = the fast CPU kernels; default 4)")
     p.add_argument("--images", type=Path, help="a folder of extra pictures to calibrate the vision encoder "
@@ -53,11 +53,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="int8: skip the sensitivity pass (each node's damage measured, the worst kept out of Q/DQ); "
                         "its cost grows with the number of nodes")
     p.add_argument("--exclude", nargs="*", default=[], metavar="NODE", help="int8: node names to keep out of Q/DQ (as --target decides)")
-    p.add_argument("--n-vqa", type=int, default=200, help="held-out VQA prompts for the report (default 200)")
-    p.add_argument("--n-t2i", type=int, default=40, help="held-out t2i prompts for the report (default 40; "
+    p.add_argument("--n-vqa", type=whole(1), default=200, help="held-out VQA prompts for the report (default 200)")
+    p.add_argument("--n-t2i", type=whole(1), default=40, help="held-out t2i prompts for the report (default 40; "
                                                         "200 for a release)")
-    p.add_argument("--max-shapeeval-drop", type=float, default=3.0, help="gate, in points (default 3)")
-    p.add_argument("--max-vqa-drop", type=float, default=2.0, help="gate, in points (default 2)")
+    p.add_argument("--max-shapeeval-drop", type=number(), default=3.0, help="gate, in points (default 3)")
+    p.add_argument("--max-vqa-drop", type=number(), default=2.0, help="gate, in points (default 2)")
     p.add_argument("--force", action="store_true", help="write the bundle even when a gate fails")
     p.add_argument("--overwrite", action="store_true", help="replace a bundle already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -67,6 +67,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return boundary("armor-calibrate", lambda: _calibrate(args))
+
+
+def _calibrate(args) -> int:
     from calibration.calibrate import Settings, calibrate_bundle
     from calibration.errors import GateError
 
@@ -77,20 +81,15 @@ def main(argv=None) -> int:
                         n_vqa=args.n_vqa, n_t2i=args.n_t2i, max_shapeeval_drop=args.max_shapeeval_drop,
                         max_vqa_drop=args.max_vqa_drop, force=args.force, overwrite=args.overwrite,
                         progress=not args.quiet)
+
+    writable_folder(args.out)
     t0 = time.time()
     try:
         manifest = calibrate_bundle(args.bundle, args.out, settings)
     except GateError as e:
         if e.report:
             print(format_report(e.report))
-        print(f"armor-calibrate: {e}", file=sys.stderr)
-        return 1
-    except ArmorError as e:
-        print(f"armor-calibrate: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"armor-calibrate: error: {e.strerror or e} ({e.filename or args.out})", file=sys.stderr)
-        return 1
+        raise
     print(format_report(manifest["accuracy"]))
     size = sum(f["bytes"] for f in manifest["files"].values())
     forced = " (gates failed; written because of --force)" if manifest["accuracy"]["gates"].get("forced") else ""

@@ -56,15 +56,17 @@ def _answer(pipe, messages, **kw) -> tuple[list, list, dict]:
 
 
 def compare(pipe: ArmorPipeline, windows: list[int], n: int, sampling: dict, init: str = "above",
-            progress: bool = True) -> dict:
-    """Per sampling setting (greedy, sampled) and decoding: calls and seconds per image, ShapeEval."""
-    samples = evaluation_sets(0, n, 0)["t2i"]
+            seeds: int = 1, progress: bool = True) -> dict:
+    """Per sampling setting (greedy, sampled) and decoding: calls and seconds per image, ShapeEval.
+    The sampled setting runs every prompt with `seeds` seeds (the same seeds for every decoding)."""
+    heldout = evaluation_sets(0, n, 0)["t2i"]
     settings = {"greedy": {}, "sampled": sampling}
     decodings = [("sequential", {})] + [(f"jacobi-{w}", {"image_decoding": "jacobi", "jacobi_window": w,
                                                         "jacobi_init": init}) for w in windows]
-    report: dict = {"n": n, "sampling": sampling, "jacobi_init": init, "cfg_scale": pipe.model.cfg_scale,
-                    "results": {}}
+    report: dict = {"n": n, "seeds": seeds, "sampling": sampling, "jacobi_init": init,
+                    "cfg_scale": pipe.model.cfg_scale, "results": {}}
     for setting, params in settings.items():
+        samples = heldout * (seeds if params else 1)
         sequential_codes = None
         for name, kw in decodings:
             answers, all_codes, calls, seconds, images = [], [], 0, 0.0, 0
@@ -99,7 +101,7 @@ def compare(pipe: ArmorPipeline, windows: list[int], n: int, sampling: dict, ini
 def format_report(report: dict) -> str:
     s = report["sampling"]
     lines = [f"image decoding on {report['n']} held-out t2i prompts (sampled: temperature {s['temperature']}, "
-             f"top-k {s['top_k']}; Jacobi drafts: {report['jacobi_init']})",
+             f"top-k {s['top_k']}, {report['seeds']} seed(s) per prompt; Jacobi drafts: {report['jacobi_init']})",
              f"  {'setting/decoding':22s} {'calls/img':>9s} {'fewer':>6s} {'s/img':>7s} {'speedup':>7s} "
              f"{'all-correct':>11s} {'change':>7s}"]
     for name, r in report["results"].items():
@@ -118,6 +120,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n", type=whole(1), default=200, help="held-out t2i prompts")
     p.add_argument("--temperature", type=number(0.0), default=1.0, help="the sampled setting's temperature")
     p.add_argument("--top-k", type=whole(0), default=64, help="the sampled setting's top-k")
+    p.add_argument("--seeds", type=whole(1), default=1, help="seeds per prompt in the sampled setting")
     p.add_argument("--init", default="above", choices=("above", "repeat", "random"), help="how drafts are filled")
     p.add_argument("--threads", type=whole(1))
     p.add_argument("--out", type=Path, help="write the report here (JSON)")
@@ -141,7 +144,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         with ArmorPipeline.load(args.bundle, threads=args.threads, thread_pool="shared") as pipe:
             report = compare(pipe, windows, args.n, {"temperature": args.temperature, "top_k": args.top_k},
-                             args.init, progress=not args.quiet)
+                             args.init, args.seeds, progress=not args.quiet)
         report["seconds"] = round(time.perf_counter() - t0, 1)
         if args.out:
             tmp = args.out.with_name(args.out.name + ".tmp")

@@ -21,6 +21,7 @@ import collections
 import contextlib
 import io
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -182,8 +183,23 @@ def op_counts(path: Path) -> dict[str, int]:
     return dict(collections.Counter(n.op_type for n in model.graph.node))
 
 
-def scratch_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="armor-calibrate-")
+SCRATCH_PREFIX = ".armor-calibrate-scratch-"
+
+
+@contextlib.contextmanager
+def scratch_dir(parent: Path):
+    """A scratch folder inside `parent` (the bundle being written) that is also the process's
+    temporary folder while it lives, so ORT's quantization tools write there too: a killed run
+    leaves its files inside a folder without a manifest, and the next run removes them."""
+    for stale in Path(parent).glob(SCRATCH_PREFIX + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=parent) as tmp:
+        tempfile.tempdir = tmp
+        try:
+            yield tmp
+        finally:
+            tempfile.tempdir = previous
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -43,7 +43,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from runtime.errors import ArmorError
+from runtime.cliutil import ArgumentParser, boundary, whole
+from runtime.errors import ArmorError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -328,23 +329,23 @@ def chart(path: Path, rows: list[dict]) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="armor-bench", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="armor-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("bundles", type=Path, nargs="+", metavar="BUNDLE",
                    help="one or more bundles (e.g. fp32 then its quantized versions); the first is the baseline")
     p.add_argument("--checkpoint", type=Path, help="also run the PyTorch reference on this checkpoint")
     p.add_argument("--backend", default="ort", help="ort, tensorrt or llamacpp (default ort)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=64, help="text tokens and decoder steps per run")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=whole(1), default=64, help="text tokens and decoder steps per run")
+    p.add_argument("--repeats", type=whole(1), default=3)
     p.add_argument("--positions", default="64", help="context lengths of the decoder-step timing, e.g. 64,1024")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=whole(1))
     p.add_argument("--ort-spinning", action="store_true", help="let ORT's intra-op threads spin between calls")
     p.add_argument("--ort-thread-pool", default="shared", choices=("shared", "session"),
                    help="one intra-op thread pool for every graph (default) or one per session")
     p.add_argument("--jacobi", default="", metavar="W,...",
                    help="also time one batch-2 image call of W codes (a Jacobi iteration) per W, e.g. 4,8,16")
-    p.add_argument("--jacobi-prompts", type=int, default=0, metavar="N",
+    p.add_argument("--jacobi-prompts", type=whole(0), default=0, metavar="N",
                    help="with --jacobi: compare sequential and Jacobi decoding of the first bundle on N held-out "
                         "t2i prompts (calls and seconds per image, ShapeEval; python -m calibration.decoding, "
                         "the `train` extra)")
@@ -352,8 +353,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --jacobi: project seconds per image from a calibration.decoding report's calls "
                         "per image (e.g. measured on tiny, for a random-weight proxy)")
     p.add_argument("--temperature", type=float, default=1.0, help="the sampled setting of --jacobi-prompts")
-    p.add_argument("--top-k", type=int, default=64, help="the sampled setting of --jacobi-prompts")
-    p.add_argument("--soak", type=int, metavar="N", help="instead: N mixed generations in one process, RSS series")
+    p.add_argument("--top-k", type=whole(0), default=64, help="the sampled setting of --jacobi-prompts")
+    p.add_argument("--soak", type=whole(1), metavar="N", help="instead: N mixed generations in one process, RSS series")
     return p.parse_args(argv)
 
 
@@ -398,16 +399,22 @@ def _size_mb(folder: Path) -> float:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return boundary("armor-bench", lambda: _bench(args))
+
+
+def _numbers(text: str, flag: str, minimum: int) -> list[int]:
     try:
-        positions = [int(p) for p in args.positions.split(",") if p.strip()]
-        jacobi = [int(w) for w in args.jacobi.split(",") if w.strip()]
+        values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        positions = jacobi = []
-    if args.steps < 1 or args.repeats < 1 or not positions or min(positions) < 1 or \
-            (args.jacobi and (not jacobi or min(jacobi) < 2)) or args.jacobi_prompts < 0:
-        print("armor-bench: error: --steps and --repeats must be >= 1, --positions a list of whole numbers >= 1 "
-              "(e.g. 64,1024), --jacobi windows >= 2 (e.g. 4,8,16)", file=sys.stderr)
-        return 2
+        values = []
+    if not values or min(values) < minimum:
+        raise InputError(f"{flag} must be a comma-separated list of whole numbers >= {minimum}, got {text!r}")
+    return values
+
+
+def _bench(args) -> int:
+    positions = _numbers(args.positions, "--positions", 1)
+    jacobi = _numbers(args.jacobi, "--jacobi", 2) if args.jacobi else []
     if args.soak is not None:
         from runtime.soak import main as soak_main
 
@@ -415,40 +422,36 @@ def main(argv=None) -> int:
     options = {"allow_spinning": True} if args.ort_spinning else {}
     if args.backend == "ort":
         options["thread_pool"] = args.ort_thread_pool
-    try:
-        from runtime.bundle import open_bundle
+    from runtime.bundle import open_bundle
 
-        manifests = [open_bundle(b, verify_hashes=False).manifest for b in args.bundles]
-        jobs = [(b, m.get("calibration", {}).get("scheme") or m["dtype"], m) for b, m in zip(args.bundles, manifests)]
-        threads = args.threads or os.cpu_count() or 1
-        bandwidth = read_bandwidth_gbs(threads)
-        args.out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=args.out) as tmp:
-            work = workload(Path(tmp), manifests[0]["model"]["vision_image_size"], args.steps, args.repeats, positions,
-                            jacobi)
-            work_file = Path(tmp) / "workload.json"
-            work_file.write_text(json.dumps(work))
-            rows = []
-            for bundle, precision, manifest in tqdm(jobs, desc="bench"):
-                r = _in_child(bench_runtime, bundle, args.backend, args.device, work, args.threads, options)
-                rows.append({"device": args.device, "precision": precision, "bundle": str(bundle),
-                             "kv_cache": manifest["model"]["kv_cache"], "bundle_mb": _size_mb(bundle), **r,
-                             **roofline(manifest, positions, bandwidth)})
-            decoding = None
-            if jacobi and args.jacobi_prompts:
-                decoding = _decoding(args.bundles[0], jacobi, args, Path(tmp) / "decoding.json")
-            elif jacobi and args.jacobi_calls:
-                decoding = json.loads(args.jacobi_calls.read_text())
-            if decoding:
-                for r in rows:
-                    r.update(projected_jacobi(r, decoding))
-            if args.checkpoint:
-                r = _reference(args.checkpoint, work_file, args.threads)
-                rows.append({"device": "cpu", "precision": "fp32", "bundle": str(args.checkpoint),
-                             "bundle_mb": _size_mb(args.checkpoint), **r})
-    except ArmorError as e:
-        print(f"armor-bench: error: {e}", file=sys.stderr)
-        return 1
+    manifests = [open_bundle(b, verify_hashes=False).manifest for b in args.bundles]
+    jobs = [(b, m.get("calibration", {}).get("scheme") or m["dtype"], m) for b, m in zip(args.bundles, manifests)]
+    threads = args.threads or os.cpu_count() or 1
+    bandwidth = read_bandwidth_gbs(threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.out) as tmp:
+        work = workload(Path(tmp), manifests[0]["model"]["vision_image_size"], args.steps, args.repeats, positions,
+                        jacobi)
+        work_file = Path(tmp) / "workload.json"
+        work_file.write_text(json.dumps(work))
+        rows = []
+        for bundle, precision, manifest in tqdm(jobs, desc="bench"):
+            r = _in_child(bench_runtime, bundle, args.backend, args.device, work, args.threads, options)
+            rows.append({"device": args.device, "precision": precision, "bundle": str(bundle),
+                         "kv_cache": manifest["model"]["kv_cache"], "bundle_mb": _size_mb(bundle), **r,
+                         **roofline(manifest, positions, bandwidth)})
+        decoding = None
+        if jacobi and args.jacobi_prompts:
+            decoding = _decoding(args.bundles[0], jacobi, args, Path(tmp) / "decoding.json")
+        elif jacobi and args.jacobi_calls:
+            decoding = json.loads(args.jacobi_calls.read_text())
+        if decoding:
+            for r in rows:
+                r.update(projected_jacobi(r, decoding))
+        if args.checkpoint:
+            r = _reference(args.checkpoint, work_file, args.threads)
+            rows.append({"device": "cpu", "precision": "fp32", "bundle": str(args.checkpoint),
+                         "bundle_mb": _size_mb(args.checkpoint), **r})
     meta = {"bundles": [str(b) for b in args.bundles], "checkpoint": str(args.checkpoint) if args.checkpoint else None,
             "machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps, "repeats": args.repeats,

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from runtime.errors import ArmorError
+from runtime.cliutil import ArgumentParser, boundary, number, whole, writable_folder
+from runtime.errors import InputError
 from training_ref import train
 from training_ref.checkpoint import from_pretrained, load_checkpoint, proxy_1b_config, save_checkpoint, tiny_config
 from training_ref.model import ArmorModel
@@ -37,7 +38,7 @@ TINY_SCHEDULE["onestage"] = (sum(TINY_SCHEDULE[s][0] for s in train.WOHG), 32)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="armor-train", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="armor-train", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", choices=("tiny", "proxy-1b"))
     src.add_argument("--from-pretrained", type=Path, metavar="INTERNVL_DIR",
@@ -47,9 +48,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stages", nargs="*", choices=tuple(train.STAGES),
                    help="stages to run (default: the preset's pipeline; none for proxy-1b)")
     p.add_argument("--ablation", action="store_true", help="also train the 1-stage ablation from `base`")
-    p.add_argument("--max-steps", type=int, help="cap every stage at this many steps")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=whole(1), help="cap every stage at this many steps (>= 1)")
+    p.add_argument("--batch-size", type=whole(1), help="samples per step (default: the preset's, per stage)")
+    p.add_argument("--seed", type=whole(0), default=0)
+    p.add_argument("--save-every", type=whole(1), default=200, help="save a resumable stage every N steps "
+                                                                     "(default 200)")
+    p.add_argument("--save-seconds", type=number(1.0), default=120.0,
+                   help="... and every S seconds of wall time (default 120); Ctrl-C / SIGTERM also save")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="dtype of `final`")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -58,11 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (ArmorError, FileNotFoundError, ValueError) as e:
-        print(f"armor-train: error: {e}", file=sys.stderr)
-        return 2
+    return boundary("armor-train", lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,10 +72,10 @@ def run(args: argparse.Namespace) -> int:
     if world_size > 1:
         torch.distributed.init_process_group("gloo")
     t0 = time.time()
-    args.out.mkdir(parents=True, exist_ok=True)
+    writable_folder(args.out)
     if args.from_pretrained:
         if not args.vqgan:
-            raise ValueError("--from-pretrained needs --vqgan PATH (a Chameleon VQGAN checkpoint)")
+            raise InputError("--from-pretrained needs --vqgan PATH (a Chameleon VQGAN checkpoint)")
         model, tokenizer = from_pretrained(args.from_pretrained, args.vqgan)
         stages = args.stages if args.stages is not None else list(train.WOHG)
         schedule = {s: (1000, 8) for s in train.STAGES}
@@ -86,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         stages = args.stages if args.stages is not None else default
         schedule = TINY_SCHEDULE
     if args.preset == "proxy-1b" and any(s in ("vq", "base") for s in stages):
-        raise ValueError("proxy-1b is a random-weight workload; train only WoHG stages on it, if any")
+        raise InputError("proxy-1b is a random-weight workload; train only WoHG stages on it, if any")
+    args.out.mkdir(parents=True, exist_ok=True)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %s, %.2fM parameters; stages: %s", model.config.preset, n_params / 1e6, " ".join(stages) or "none")
     base_model = None
@@ -94,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         steps, batch = schedule[name]
         steps = min(steps, args.max_steps) if args.max_steps else steps
         model = train.train_stage(model, tokenizer, train.STAGES[name], args.out / name, steps,
-                                  args.batch_size or batch, args.seed, progress=not args.quiet)
+                                  args.batch_size or batch, args.seed, save_every=args.save_every,
+                                  save_seconds=args.save_seconds, progress=not args.quiet)
         if name == "base":
             base_model = args.out / name
     final = args.out / "final"
@@ -107,12 +110,13 @@ def run(args: argparse.Namespace) -> int:
         if base_model is None and (args.out / "base").is_dir():
             base_model = args.out / "base"
         if base_model is None:
-            raise ValueError("--ablation trains from the `base` stage: run it (or keep its folder in --out)")
+            raise InputError("--ablation trains from the `base` stage: run it (or keep its folder in --out)")
         abl, _ = load_checkpoint(base_model)
         steps, batch = schedule["onestage"]
         steps = min(steps, args.max_steps) if args.max_steps else steps
         abl = train.train_stage(abl, tokenizer, train.STAGES["onestage"], args.out / "onestage", steps,
-                                args.batch_size or batch, args.seed, progress=not args.quiet)
+                                args.batch_size or batch, args.seed, save_every=args.save_every,
+                                save_seconds=args.save_seconds, progress=not args.quiet)
         if rank == 0:
             save_checkpoint(abl, tokenizer, args.out / "final-onestage", dtype=getattr(torch, args.dtype))
     if rank == 0:

@@ -25,6 +25,10 @@ import json
 import logging
 import math
 import os
+import shutil
+import signal
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,9 +166,17 @@ def _lr_at(step: int, total: int, base: float, warmup: int = 50) -> float:
 
 
 def train_stage(model: ArmorModel, tokenizer, stage: Stage, out_dir: Path, steps: int, batch_size: int,
-                seed: int, save_every: int = 200, progress: bool = True) -> ArmorModel:
-    """Train one stage for `steps` steps, resuming from `out_dir` if a partial run is there."""
+                seed: int, save_every: int = 200, save_seconds: float = 120.0, progress: bool = True) -> ArmorModel:
+    """Train one stage for `steps` steps, resuming from `out_dir` if a partial run is there.
+
+    Saves every `save_every` steps, every `save_seconds` of wall time, and at the end of the step
+    in progress when SIGINT or SIGTERM arrives (then raises KeyboardInterrupt; a second signal
+    stops at once)."""
     rank, world_size = _rank_world()
+    if steps < 1 or batch_size < 1 or save_every < 1 or not save_seconds > 0:
+        raise ValueError(f"steps, batch_size and save_every must be >= 1 and save_seconds > 0; got {steps}, "
+                         f"{batch_size}, {save_every}, {save_seconds}")
+    _recover(out_dir)
     state_path = out_dir / TRAIN_STATE_FILE
     start = 0
     if state_path.is_file():
@@ -188,27 +200,73 @@ def train_stage(model: ArmorModel, tokenizer, stage: Stage, out_dir: Path, steps
     codes = None if stage.name in ("vq", "base") else CodeCache(model.vqgan, model.config.vqgan["resolution"])
     vision_size = model.mllm.config.vision_config.image_size[0]
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage.name, disable=not progress or rank != 0)
-    for step in bar:
-        rng = np.random.default_rng([seed, list(STAGES).index(stage.name), step, rank])
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, steps, stage.lr)
-        loss, stats = step_fn(model, loss_module, stage, rng, batch_size, tokenizer, codes, vision_size,
-                              stage.max_objects(step, steps))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v:.3f}" for k, v in stats.items()})
-        if stage.name == "vq" and step % 100 == 99 and step < 0.8 * steps:  # then let the codebook settle
-            _reseed_dead_codes(model, rng, world_size)
-        done = step + 1 == steps
-        if (step + 1) % save_every == 0 or done:
-            _save(model, tokenizer, opt, params, out_dir, stage, step + 1, done, rank)
+    last_save = time.monotonic()
+    with _Stop() as stop:
+        for step in bar:
+            rng = np.random.default_rng([seed, list(STAGES).index(stage.name), step, rank])
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, steps, stage.lr)
+            loss, stats = step_fn(model, loss_module, stage, rng, batch_size, tokenizer, codes, vision_size,
+                                  stage.max_objects(step, steps))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v:.3f}" for k, v in stats.items()})
+            if stage.name == "vq" and step % 100 == 99 and step < 0.8 * steps:  # then let the codebook settle
+                _reseed_dead_codes(model, rng, world_size)
+            done = step + 1 == steps
+            if (step + 1) % save_every == 0 or done or stop.requested or time.monotonic() - last_save >= save_seconds:
+                _save(model, tokenizer, opt, params, out_dir, stage, step + 1, done, rank)
+                last_save = time.monotonic()
+            if stop.requested and not done:
+                log.warning("stage %s saved at step %d of %d; run the same command to resume", stage.name, step + 1, steps)
+                raise KeyboardInterrupt(stop.requested)
     if steps == start:  # nothing left to do but mark completion
         _save(model, tokenizer, opt, params, out_dir, stage, steps, True, rank)
     if world_size > 1:
         _check_replicas_agree(params, out_dir, rank)
     return model
+
+
+class _Stop:
+    """SIGINT / SIGTERM set `requested` (the step in progress finishes and is saved); a second one
+    interrupts at once. Only in the main thread; the previous handlers come back on exit."""
+
+    def __enter__(self):
+        self.requested, self._previous = "", {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt(self.requested)
+        self.requested = "terminated" if signum == signal.SIGTERM else "interrupted"
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _recover(out_dir: Path) -> None:
+    """After a kill: a stage folder caught between its two renames comes back from `.NAME.old-*`,
+    and temporary folders of dead saves go."""
+    parent = out_dir.parent
+    if not parent.is_dir():
+        return
+    olds = sorted(parent.glob(f".{out_dir.name}.old-*"))
+    if not out_dir.exists() and olds:
+        olds[-1].rename(out_dir)
+        log.warning("recovered %s from an interrupted save", out_dir)
+    for stale in [*parent.glob(f".{out_dir.name}.old-*"), *parent.glob(f".{out_dir.name}.tmp-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    Path(str(out_dir) + ".optim.tmp").unlink(missing_ok=True)
+    for stale in parent.glob(".tmp??????"):  # safetensors' own temporary file of a killed save_file
+        if stale.is_file():
+            stale.unlink()
 
 
 def _armor_step(model, loss_module, stage, rng, batch_size, tokenizer, codes, vision_size, max_objects):

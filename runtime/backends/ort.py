@@ -63,6 +63,11 @@ def _global_pool(threads: int | None) -> bool:
     return _POOL["ok"]
 
 
+def shared_pool_active() -> bool:
+    """Whether this process's sessions share the global intra-op pool (then every session must)."""
+    return bool(_POOL.get("ok"))
+
+
 def session_options(threads: int | None = None, allow_spinning: bool = False, thread_pool: str = "session"):
     """The SessionOptions of every ONNX Runtime session ARMOR Edge opens (runtime, export
     verification, calibration). `thread_pool="shared"` gives all sessions of the process one

@@ -188,7 +188,7 @@ def test_failed_gate_refuses_without_manifest(random_bundle, tmp_path, capsys):
             "--n-vqa", "2", "--n-t2i", "2", "--max-shapeeval-drop", "-1", "--quiet"]
     assert calibrate_main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("armor-calibrate: refused: ShapeEval all-correct drops")
+    assert len(err) == 1 and err[0].startswith("armor-calibrate: error: refused: ShapeEval all-correct drops")
     assert not (out / MANIFEST_FILE).exists()
     assert calibrate_main(args + ["--force"]) == 0  # --force writes it, with the failed gate on record
     assert json.loads((out / MANIFEST_FILE).read_text())["accuracy"]["gates"]["forced"] is True

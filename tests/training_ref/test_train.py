@@ -63,8 +63,78 @@ def test_bad_arguments_fail_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--vqgan" in err[0]
     assert main(["--from-pretrained", str(tmp_path / "nope"), "--vqgan", str(tmp_path / "v.ckpt"),
-                 "--out", str(tmp_path / "o")]) == 2
-    assert "not a transformers InternVL checkpoint" in capsys.readouterr().err
+                 "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a transformers InternVL checkpoint" in err[0]
+
+
+@pytest.mark.parametrize("argv, word", [
+    (["--max-steps", "-1"], "--max-steps"), (["--max-steps", "0"], "--max-steps"), (["--batch-size", "0"], "--batch-size"),
+    (["--seed", "-3"], "--seed"), (["--save-every", "0"], "--save-every"), (["--save-seconds", "0"], "--save-seconds"),
+    (["--max-steps", "two"], "--max-steps"), (["--stages", "nope"], "--stages")])
+def test_training_arguments_are_checked_before_any_work(tmp_path, capsys, argv, word):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        main(["--preset", "tiny", "--out", str(out), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and word in err[0], err
+    assert not out.exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["--preset", "tiny", "--out", str(tmp_path / "file"), "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file" in err[0]
+
+
+def test_stop_signal_saves_the_step_in_progress_and_resume_says_where(tmp_path, tokenizer, caplog):
+    """SIGTERM mid-stage: the step in progress is finished and saved, KeyboardInterrupt rises
+    (armor-train exits 143); the next run logs 'resuming stage base at step N' and completes."""
+    import signal
+
+    from training_ref.checkpoint import tiny_config
+    from training_ref.model import ArmorModel
+
+    stage, out = train.STAGES["base"], tmp_path / "base"
+    calls = {"n": 0}
+    real = train._armor_step
+
+    def step_then_signal(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **kw)
+
+    train._armor_step = step_then_signal
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train.train_stage(ArmorModel(tiny_config(tokenizer)), tokenizer, stage, out, 50, 2, seed=0,
+                              save_every=1000, save_seconds=1000, progress=False)
+    finally:
+        train._armor_step = real
+    assert json.loads((out / TRAIN_STATE_FILE).read_text()) == {"stage": "base", "step": 3, "done": False}
+    assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
+    with caplog.at_level("INFO", logger="training_ref.train"):
+        train.train_stage(ArmorModel(tiny_config(tokenizer)), tokenizer, stage, out, 5, 2, seed=0, progress=False)
+    assert "resuming stage base at step 3" in caplog.text
+    assert json.loads((out / TRAIN_STATE_FILE).read_text())["done"] is True
+
+
+def test_time_based_saves(tmp_path, tokenizer):
+    from training_ref.checkpoint import tiny_config
+    from training_ref.model import ArmorModel
+
+    out = tmp_path / "base"
+    saves = []
+    real = train._save
+    train._save = lambda *a: (saves.append(a[6]), real(*a))
+    try:
+        train.train_stage(ArmorModel(tiny_config(tokenizer)), tokenizer, train.STAGES["base"], out, 3, 2, seed=0,
+                          save_every=1000, save_seconds=1e-6, progress=False)
+    finally:
+        train._save = real
+    assert saves == [1, 2, 3]  # every step, as the interval is shorter than a step
 
 
 @pytest.mark.slow
