@@ -29,7 +29,8 @@ def test_armor_run_bad_inputs(random_bundle, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     assert run_main([str(random_bundle), "--prompt", "x", "--image", str(bad)]) == 2
-    assert "cannot read image" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be read" in err[0], err
     assert run_main([str(random_bundle), "--prompt", "x", "--top-p", "1.5"]) == 2
     assert "top_p" in capsys.readouterr().err
     assert run_main([str(random_bundle), "--prompt", "x", "--temperature", "-1"]) == 2

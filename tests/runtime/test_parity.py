@@ -7,8 +7,10 @@ import pytest
 
 from runtime import ArmorPipeline, ImageDone, TextDelta
 from runtime.sampling import SamplingParams
-from training_ref import world
-from training_ref.evaluate import evaluation_sets, messages_for, score_outputs
+
+pytest.importorskip("torch", reason="the PyTorch reference needs the `train` extra")
+from training_ref import world  # noqa: E402
+from training_ref.evaluate import evaluation_sets, messages_for, score_outputs  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
