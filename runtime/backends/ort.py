@@ -178,8 +178,11 @@ def open_engines(bundle, device: str = "cpu", threads: int | None = None, io_bin
     runners: dict[str, Timed] = {}
     try:
         for g in graphs:
-            runners[g] = Timed(OrtBackend(bundle.graph_path(g), device, threads, provider_options, allow_spinning,
-                                          thread_pool))
+            path, options = bundle.graph_path(g), provider_options
+            if device == "tensorrt":
+                path, options = tensorrt_ep_session(bundle, g)
+                options.update(provider_options or {})
+            runners[g] = Timed(OrtBackend(path, device, threads, options, allow_spinning, thread_pool))
             check_io(bundle, g, runners[g])
     except Exception:
         for r in runners.values():
@@ -187,6 +190,53 @@ def open_engines(bundle, device: str = "cpu", threads: int | None = None, io_bin
         raise
     decoder = OrtDecoder(bundle, runners, io_binding=io_binding) if "decoder" in runners else None
     return runners, decoder
+
+
+def tensorrt_ep_session(bundle, graph: str, cache_dir: Path | None = None) -> tuple[Path, dict]:
+    """The TensorRT EP's graph file and provider options for `graph`: the TensorRT form the
+    exporter wrote (`trt/`), one explicit profile spanning every profile it declared (the EP
+    takes one range per input: min of the minima, max of the maxima, the decode profile's
+    optimum), and engine and timing caches in the bundle's `engines/ort-trt/` (a user cache
+    folder when the bundle is read-only), so engines are built once, not as the past grows."""
+    trt = bundle.manifest.get("tensorrt") or {}
+    entry = (trt.get("graphs") or {}).get(graph)
+    if not entry or not entry.get("profiles"):
+        raise DeviceError(f"{bundle.path} has no TensorRT form of {graph} (trt/): run "
+                          f"`armor-export {bundle.path} --target tensorrt --out {bundle.path}` first")
+    if bundle.model["kv_cache"] != "static":
+        raise DeviceError(f"{bundle.path}: the TensorRT EP runs the static-cache decoder; this bundle's is "
+                          f"{bundle.model['kv_cache']} (export with --kv-cache static or --target tensorrt)")
+    profiles = entry["profiles"]
+    names = list(profiles[0]["min"])
+    lo = {n: [min(p["min"][n][i] for p in profiles) for i in range(len(profiles[0]["min"][n]))] for n in names}
+    hi = {n: [max(p["max"][n][i] for p in profiles) for i in range(len(profiles[0]["max"][n]))] for n in names}
+    opt = next((p for p in profiles if p.get("name") == "decode"), profiles[0])["opt"]
+    shapes = lambda dims: ",".join(f"{n}:{'x'.join(str(int(d)) for d in dims[n])}" for n in names)  # noqa: E731
+    cache = cache_dir or _engine_cache(bundle)
+    options = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+               "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache),
+               "trt_profile_min_shapes": shapes(lo), "trt_profile_opt_shapes": shapes(opt),
+               "trt_profile_max_shapes": shapes(hi)}
+    return bundle.path / entry["file"], options
+
+
+def _engine_cache(bundle) -> Path:
+    """engines/ort-trt/ in the bundle, or a per-bundle folder under the user's cache when the
+    bundle cannot be written."""
+    import hashlib
+    import os
+
+    inside = bundle.path / "engines" / "ort-trt"
+    try:
+        inside.mkdir(parents=True, exist_ok=True)
+        if os.access(inside, os.W_OK):
+            return inside
+    except OSError:
+        pass
+    key = hashlib.sha256(str(bundle.path.resolve()).encode()).hexdigest()[:16]
+    outside = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "armor-edge" / "ort-trt" / key
+    outside.mkdir(parents=True, exist_ok=True)
+    return outside
 
 
 class OrtDecoder:

@@ -77,7 +77,7 @@ def test_lm_head_is_not_tied_to_frozen_embeddings(tiny_model):
 
 @pytest.mark.parametrize("stage_name", ["what", "how", "better"])
 def test_wohg_freeze_table(tiny_model, tokenizer, stage_name):
-    """Exactly the stage's groups require and receive gradients (DESIGN §1 table)."""
+    """Exactly the stage's groups require and receive gradients."""
     model = tiny_model
     stage = train.STAGES[stage_name]
     train.set_trainable(model, stage)
