@@ -59,17 +59,21 @@ SPEED_KEYS = ("text_tokens_per_s", "image_tokens_per_s", "image_tokens_per_s_e2e
 TIME_KEYS = ("ttft_ms", "vision_ms", "vq_decode_ms", "s_per_image")  # lower is better
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set (Linux VmHWM: its own, while ru_maxrss keeps the parent's
-    peak across fork and exec); elsewhere ru_maxrss."""
+def memory_mb(field: str = "VmHWM") -> float:
+    """A line of /proc/self/status in MB: VmHWM, this process's own peak resident set (ru_maxrss
+    keeps the parent's peak across fork and exec), or VmRSS, the current one; elsewhere ru_maxrss."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def peak_rss_mb() -> float:
+    return memory_mb("VmHWM")
 
 
 def median_ms(fn, repeats: int) -> float:

@@ -25,17 +25,10 @@ PROMPTS = ("what is 2 plus 3?", None, "draw a small blue square in the center.",
 
 
 def rss_mb() -> float:
-    """The current resident set size (Linux /proc; elsewhere the peak)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
+    """The current resident set size in MB."""
+    from runtime.bench import memory_mb
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return memory_mb("VmRSS")
 
 
 def _messages(i: int, image) -> list[dict]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import sys
 import time
@@ -25,18 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from runtime.bench import median_ms, peak_rss_mb
 from training_ref.checkpoint import load_checkpoint
 from training_ref.generate import _Stream, generate
-
-
-def _median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
 
 
 @torch.no_grad()
@@ -86,20 +76,12 @@ def measure(checkpoint: Path, work: dict) -> dict:
            "image_tokens_per_s": image["image_tokens"] / image["image_s"],
            "image_tokens_per_s_e2e": tokens / seconds if n_images else float("nan"),
            "s_per_image": seconds / n_images if n_images else float("nan"),
-           "vision_ms": _median_ms(lambda: model.encode_images(pixels), repeats * 3),
-           "vq_decode_ms": _median_ms(lambda: model.vqgan.decode(codes), repeats * 3)}
+           "vision_ms": median_ms(lambda: model.encode_images(pixels), repeats * 3),
+           "vq_decode_ms": median_ms(lambda: model.vqgan.decode(codes), repeats * 3)}
     for p in work["positions"]:
         out[f"decoder_step_ms@{p}"] = _decoder_step_ms(model, p, steps, repeats)
-    out["peak_rss_mb"] = _peak_rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb()
     return out
-
-
-def _peak_rss_mb() -> float:
-    """VmHWM (this process's own peak on Linux; ru_maxrss would include the parent's), else ru_maxrss."""
-    status = Path("/proc/self/status")
-    lines = status.read_text().splitlines() if status.exists() else []
-    hwm = [int(line.split()[1]) for line in lines if line.startswith("VmHWM:")]
-    return (hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024.0
 
 
 def _decoder_step_ms(model, position: int, steps: int, repeats: int) -> float:

@@ -95,5 +95,5 @@ def test_overlong_prompt_is_refused(tiny_model, tokenizer):
 def test_bad_image_is_refused(tiny_model, tokenizer, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
-    with pytest.raises(InputError, match="cannot read image"):
+    with pytest.raises(InputError, match="is not a picture"):
         generate(tiny_model, tokenizer, [{"role": "user", "content": [{"type": "image", "image": bad}]}])
