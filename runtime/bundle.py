@@ -33,7 +33,7 @@ from runtime.schema import SchemaError, safe_relative_name, validate_manifest
 
 log = logging.getLogger(__name__)
 
-REEXPORT = "re-export the bundle"
+REEXPORT = "write the bundle again (armor-export, or armor-calibrate for a quantized one)"
 MAX_MANIFEST_BYTES = 64 * 2**20  # a manifest is kilobytes; refuse to read a huge file as one
 
 
@@ -94,8 +94,8 @@ def read_manifest(path: Path) -> dict:
     """The parsed manifest.json of the bundle folder `path` (any JSON value: check it next)."""
     mpath = path / MANIFEST_FILE
     if not mpath.is_file():
-        raise BundleError(f"{path} is not a bundle (no {MANIFEST_FILE}; an interrupted export leaves none): "
-                          f"run armor-export again")
+        raise BundleError(f"{path} is not a bundle (no {MANIFEST_FILE}; an interrupted armor-export or "
+                          f"armor-calibrate leaves none): run the command that writes it again")
     if mpath.stat().st_size > MAX_MANIFEST_BYTES:
         raise BundleError(f"{mpath} has {mpath.stat().st_size} bytes, far more than a manifest: {REEXPORT}")
     try:
