@@ -41,3 +41,22 @@ CHECKPOINT_FORMAT_VERSION = 2  # 2: the adapter reads the image's context (one m
 BUNDLE_FORMAT = "armor-bundle"
 BUNDLE_SCHEMA_VERSION = 3  # 3: model.kv_cache names the decoder's cache form (dynamic / static)
 GENAI_CONFIG_FILE = "genai_config.json"  # onnxruntime-genai's config, in the bundle's text/
+
+# --- GGUF (text.gguf for llama.cpp; armor_export/gguf.py writes, runtime/backends/llamacpp.py reads) ---
+GGUF_FILE = "text.gguf"
+GGUF_TYPES = ("f32", "f16", "q8_0", "q4_k_m")  # f32 written by gguf-py; the others by llama.cpp's quantizer
+GGUF_FORMAT_VERSION = 1  # ARMOR's own keys below; bump when their meaning changes
+GGUF_CODE_TOKEN = "<|code_{}|>"  # the token name of image code c in text.gguf's vocabulary
+GGUF_KEY_FORMAT_VERSION = "armor.format_version"
+GGUF_KEY_N_TEXT_VOCAB = "armor.n_text_vocab"
+GGUF_KEY_N_CODES = "armor.n_codes"
+GGUF_KEY_CODE_OFFSET = "armor.code_offset"
+GGUF_KEY_IMG_BOS = "armor.img_bos_id"
+GGUF_KEY_IMG_END = "armor.img_end_id"
+GGUF_KEY_IMG_PAD = "armor.img_pad_id"
+GGUF_KEY_IMAGE_CONTEXT = "armor.image_context_id"
+GGUF_KEY_N_IMAGE_TOKENS = "armor.n_image_tokens"
+GGUF_KEY_IMAGE_GRID = "armor.image_grid"  # [h, w] codes of a generated image
+GGUF_KEY_ADAPTER_CONTEXT_START = "armor.adapter_context_start"
+GGUF_KEY_CFG_SCALE = "armor.cfg_scale"
+GGUF_KEY_EMBEDDINGS_SHA256 = "armor.embeddings_sha256"  # the bundle's embeddings.npy this file belongs to

@@ -26,6 +26,23 @@ INT64 = "int64"
 KV_CACHE_FORMS = ("dynamic", "static")
 ELEMENT_TYPES = ("float32", "float16", "int64")
 
+# The TensorRT form (manifest["tensorrt"]; armor_export.tensorrt writes it, the TensorRT backend
+# reads it): graph `g` in `trt/g.onnx`, its engine in `engines/g.engine`, optimization profiles
+# named by the call they serve (decoder and visual head: prefill / decode; the others: default).
+TRT_DIR = "trt"
+ENGINES_DIR = "engines"
+TRT_TIERS = ("10.3", "10.x", "11")  # --trt-version: JetPack 6 (10.3), 10.15+ (10.x), TensorRT 11
+TRT_PRECISIONS = ("fp32", "fp16", "int8")  # int8: the Q/DQ graphs of armor-calibrate --scheme int8 --target tensorrt
+TRT_PROFILE_NAMES = ("prefill", "decode", "default")
+
+
+def trt_file(graph: str) -> str:
+    return f"{TRT_DIR}/{graph}.onnx"
+
+
+def engine_file(graph: str) -> str:
+    return f"{ENGINES_DIR}/{graph}.engine"
+
 
 @dataclass(frozen=True)
 class TensorSpec:

@@ -14,7 +14,8 @@ import math
 import re
 from typing import Any
 
-from runtime.graphs import ELEMENT_TYPES, KV_CACHE_FORMS
+from runtime.graphs import (ELEMENT_TYPES, KV_CACHE_FORMS, TRT_PRECISIONS, TRT_PROFILE_NAMES, TRT_TIERS, engine_file,
+                            trt_file)
 
 MAX_COUNT = 2**31 - 1  # model sizes and ids: anything larger is not a model this runtime can hold
 
@@ -226,6 +227,16 @@ GRAPH = Record({"file": Text(), "inputs": ListOf(TENSOR, min_length=1), "outputs
                optional={"precision": Text()})
 GRAPH_NAMES = ("vision_encoder", "decoder", "text_head", "visual_head", "vq_decoder")
 
+# manifest["tensorrt"], as armor_export.tensorrt writes it: each graph's TensorRT-form file and its
+# optimization profiles ({input name: dims} at min, opt and max), engines once built on a device
+SHAPES = MapOf(ListOf(Whole(0)), min_entries=1)
+PROFILE = Record({"name": Text(TRT_PROFILE_NAMES), "min": SHAPES, "opt": SHAPES, "max": SHAPES})
+TENSORRT = Record({
+    "tier": Text(TRT_TIERS), "precision": Text(TRT_PRECISIONS), "max_batch": count(), "capacity": count(),
+    "graphs": MapOf(Record({"file": Text(), "profiles": ListOf(PROFILE, min_length=1)}), min_entries=1),
+    "engines": MapOf(Record({"file": Text(), "tensorrt_version": Text(), "device": Text()})),
+})
+
 FILE = Record({"role": Text(), "bytes": Whole(0, None),
                "sha256": Text(pattern=r"[0-9a-f]{64}", what="64 lowercase hex digits")},
               optional={"dtype": Text(), "precision": Text()})
@@ -240,7 +251,7 @@ MANIFEST = Record(
     optional={
         "exporter": Text(), "source": Text(), "chat_template": Optional(Text()),
         "verification": Record({}), "export_seconds": Number(0), "calibration": Record({}), "accuracy": Record({}),
-        "gguf": Record({}),
+        "gguf": Record({}), "tensorrt": TENSORRT,
     },
 )
 
@@ -257,10 +268,30 @@ def validate_manifest(manifest: Any, required_files: tuple[str, ...] = ()) -> No
         if g["file"] != f"{name}.onnx":
             raise SchemaError(f"graphs.{name}.file", f"must be '{name}.onnx', got {_show(g['file'])}")
     files = manifest["files"]
+    if "tensorrt" in manifest:
+        _tensorrt(manifest["tensorrt"], files)
     for name in (*required_files, *(manifest["graphs"][g]["file"] for g in GRAPH_NAMES)):
         if name not in files:
             raise SchemaError(f"files[{name!r}]", "is missing: every file the runtime opens must be listed "
                                                   "with its size and sha256")
+
+
+def _tensorrt(section: dict, files: dict) -> None:
+    """The TensorRT form's graphs and engines are bundle graphs, at their fixed names, listed with their hashes."""
+    for name, g in section["graphs"].items():
+        if name not in GRAPH_NAMES:
+            raise SchemaError(f"tensorrt.graphs[{name!r}]", f"is not a bundle graph ({', '.join(GRAPH_NAMES)})")
+        if g["file"] != trt_file(name):
+            raise SchemaError(f"tensorrt.graphs.{name}.file", f"must be {trt_file(name)!r}, got {_show(g['file'])}")
+    for name, e in section["engines"].items():
+        if name not in section["graphs"]:
+            raise SchemaError(f"tensorrt.engines[{name!r}]", "has no TensorRT-form graph in tensorrt.graphs")
+        if e["file"] != engine_file(name):
+            raise SchemaError(f"tensorrt.engines.{name}.file", f"must be {engine_file(name)!r}, got {_show(e['file'])}")
+    for entry in (*section["graphs"].values(), *section["engines"].values()):
+        if entry["file"] not in files:
+            raise SchemaError(f"files[{entry['file']!r}]", "is missing: every TensorRT file must be listed with its "
+                                                           "size and sha256")
 
 
 def _relations(m: dict) -> None:
