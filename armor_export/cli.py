@@ -140,9 +140,18 @@ def format_gguf_report(report: dict) -> str:
         return (f"text.gguf {report['type']} vs PyTorch ({report['prompts']} prompts, {report['tokens']} tokens, "
                 f"f32 KV cache): {status}; max |diff| logits {report['max_abs_diff_logits']:.2e}, hidden "
                 f"{report['max_abs_diff_hidden']:.2e} (atol {report['atol']:g}), top-1 {report['top1_agreement']:.3f}")
-    return (f"text.gguf {report['type']} vs f32 text.gguf ({report['tokens']} tokens): {status}; top-1 "
+    line = (f"text.gguf {report['type']} vs f32 text.gguf ({report['tokens']} tokens): {status}; top-1 "
             f"{report['top1_agreement']:.3f} (gate {report['gates']['min_top1']}), KL mean {report['kl_mean']:.2e} "
             f"(gate {report['gates']['max_kl_mean']}), max {report['kl_max']:.2e}")
+    e2e = report.get("end_to_end")
+    if e2e:  # the runtime's answers on llama.cpp, f32 vs this type
+        for key, label, n in (("shapeeval_all_correct", "ShapeEval all-correct", "n_t2i"),
+                              ("vqa_accuracy", "VQA accuracy", "n_vqa")):
+            ok = "FAIL" if key in e2e["failed"] else "ok"
+            line += (f"\n  {label:22s} f32 {100 * e2e['f32'][key]:5.1f}  {report['type']} "
+                     f"{100 * e2e['quantized'][key]:5.1f}  drop {e2e['drop_points'][key]:+.1f} points "
+                     f"(limit {e2e['max_drop_points'][key]:g}) {ok}  [{e2e['quantized'][n]} prompts]")
+    return line
 
 
 def format_report(report: dict) -> str:

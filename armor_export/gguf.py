@@ -19,7 +19,8 @@ What goes in (written with gguf-py's `GGUFWriter`, our own code):
 f16 / q8_0 / q4_k_m are made from the f32 file by llama.cpp's own quantizer
 (`llama_cpp.llama_model_quantize`), never here. `export_gguf` adds the file to a bundle
 (exporting the ONNX bundle first when the folder holds none), verifies it against PyTorch
-(and quantized types against the f32 file) and updates the manifest; every file is written
+(quantized types against the f32 file: top-1 and KL of the text head, then ShapeEval and VQA
+of the runtime's answers with armor-calibrate's gates) and updates the manifest; every file is written
 to a temporary name and renamed, the manifest last, so a crash leaves nothing that looks valid.
 
 It knows the checkpoint's modules, GGUF's tensor names and keys; it does not run generation.
@@ -45,6 +46,11 @@ ARCHITECTURES = {"qwen2": "qwen2", "llama": "llama"}  # transformers model_type 
 # Gates for a quantized text.gguf against the f32 one (greedy top-1 agreement, mean KL).
 GATES = {"f16": (0.99, 1e-3), "q8_0": (0.95, 2e-2), "q4_k_m": (0.80, 0.25)}
 F32_ATOL = 1e-3  # llama.cpp f32 (f32 KV cache) vs PyTorch: max |diff| of logits and hidden states
+# End to end, a quantized type against the f32 file on the held-out shapes-world prompts (the
+# runtime's answers, --backend llamacpp): armor-calibrate's sets, budgets and gates (points).
+E2E_PROMPTS = {"vqa": 200, "t2i": 40}
+E2E_BUDGETS = {"vqa": 24, "t2i": 64}  # max new text tokens, as in training_ref.evaluate
+MAX_DROP_POINTS = {"shapeeval_all_correct": 3.0, "vqa_accuracy": 2.0}
 
 
 class GGUFExportError(ArmorError):
@@ -97,14 +103,17 @@ def vocabulary(tokenizer, cfg) -> tuple[list[str], list[int], list[str], str]:
     vocab = spec["model"]["vocab"]
     for t in spec.get("added_tokens", []):
         vocab.setdefault(t["content"], t["id"])
-    if len(vocab) != cfg.n_text_vocab or sorted(vocab.values()) != list(range(cfg.n_text_vocab)):
+    # the embedding may be padded past the tokenizer (Qwen2.5: 151936 rows, 151665 tokens): the spare
+    # rows become UNUSED `[PAD{i}]` tokens, as llama.cpp's own converter writes them
+    if len(vocab) > cfg.n_text_vocab or sorted(vocab.values()) != list(range(len(vocab))):
         raise GGUFExportError(f"the tokenizer has {len(vocab)} tokens with gaps or extras; the model's text "
                               f"vocabulary is {cfg.n_text_vocab}")
-    tokens = [""] * cfg.n_text_vocab
+    tokens = [f"[PAD{i}]" for i in range(cfg.n_text_vocab)]
     for token, i in vocab.items():
         tokens[i] = token
     special = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
-    types = [int(gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL) for i in range(len(tokens))]
+    types = [int(gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL if i < len(vocab)
+                 else gguf.TokenType.UNUSED) for i in range(len(tokens))]
     tokens += [C.GGUF_CODE_TOKEN.format(c) for c in range(cfg.n_codes)] + list(C.NEW_SPECIAL_TOKENS)
     types += [int(gguf.TokenType.CONTROL)] * cfg.n_new
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
@@ -274,6 +283,49 @@ def verify(model, tokenizer, path: Path, gguf_type: str, reference: Path | None 
     return report
 
 
+def end_to_end(bundle_dir: Path, manifest: dict, candidate: Path, threads: int | None = None) -> dict:
+    """VQA accuracy and ShapeEval all-correct of the runtime on llama.cpp with `candidate` as
+    the bundle's text.gguf. The bundle is viewed through hard links in a hidden temporary folder
+    of `bundle_dir` holding no manifest.json (never a bundle by itself), removed afterwards."""
+    import shutil
+    import tempfile
+
+    from runtime.bundle import open_bundle, sha256
+    from runtime.model import BundleModel
+    from runtime.pipeline import ArmorPipeline
+    from training_ref.evaluate import evaluation_sets, messages_for, score_outputs
+
+    draft = json.loads(json.dumps(manifest))
+    draft["files"][C.GGUF_FILE] = {"role": "text_gguf", "dtype": "candidate", "bytes": candidate.stat().st_size,
+                                   "sha256": sha256(candidate)}
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix=".text-gguf-eval-", suffix=".tmp", dir=bundle_dir) as tmp:
+        view = Path(tmp)
+        for name in draft["files"]:
+            src = candidate if name == C.GGUF_FILE else bundle_dir / name
+            (view / name).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, view / name)
+            except OSError:  # a file system without hard links
+                shutil.copy2(src, view / name)
+        sets = evaluation_sets(E2E_PROMPTS["vqa"], E2E_PROMPTS["t2i"], 0)
+        del sets["t2ti"]
+        bundle = open_bundle(view, verify_hashes=False, manifest=draft)
+        with ArmorPipeline(BundleModel.open(bundle, backend="llamacpp", threads=threads)) as pipe:
+            scores = {kind: score_outputs(kind, samples, [pipe.chat(messages_for(x), max_new_tokens=E2E_BUDGETS[kind])
+                                                          for x in samples]) for kind, samples in sets.items()}
+    return {"vqa_accuracy": scores["vqa"]["vqa_accuracy"], "shapeeval_all_correct": scores["t2i"]["all_correct"],
+            "n_vqa": len(sets["vqa"]), "n_t2i": len(sets["t2i"]), "seconds": round(time.time() - t0, 1)}
+
+
+def end_to_end_gates(f32: dict, quant: dict) -> dict:
+    """Drops in points (f32 minus quantized, x100) against armor-calibrate's limits."""
+    drops = {k: round(100 * (f32[k] - quant[k]), 2) for k in MAX_DROP_POINTS}
+    failed = [k for k, d in drops.items() if d > MAX_DROP_POINTS[k] + 1e-9]
+    return {"f32": f32, "quantized": quant, "drop_points": drops, "max_drop_points": dict(MAX_DROP_POINTS),
+            "failed": failed, "passed": not failed}
+
+
 # --- into a bundle -------------------------------------------------------------------------------
 def export_gguf(checkpoint: Path, out: Path, gguf_type: str = "f32", verify_file: bool = True,
                 overwrite: bool = False, force: bool = False, threads: int | None = None, **onnx_options) -> dict:
@@ -324,6 +376,12 @@ def export_gguf(checkpoint: Path, out: Path, gguf_type: str = "f32", verify_file
         if verify_file:
             report = verify(model, tokenizer, final_tmp, gguf_type, reference=f32_tmp if gguf_type != "f32" else None,
                             threads=threads)
+            if gguf_type != "f32" and (report["passed"] or force):  # the answers too: ShapeEval and VQA
+                report["logits_passed"] = report["passed"]
+                e2e = end_to_end_gates(end_to_end(out, manifest, f32_tmp, threads),
+                                       end_to_end(out, manifest, final_tmp, threads))
+                report["end_to_end"] = e2e
+                report["passed"] = bool(report["passed"] and e2e["passed"])
             if not report["passed"] and not force:
                 raise GGUFExportError(f"{C.GGUF_FILE} ({gguf_type}) failed its verification ({_summary(report)}); "
                                       f"pass --force to keep it anyway")
@@ -338,7 +396,8 @@ def export_gguf(checkpoint: Path, out: Path, gguf_type: str = "f32", verify_file
         manifest["gguf"] = {"file": C.GGUF_FILE, "type": gguf_type, "architecture": decoder_architecture(model),
                             "format_version": C.GGUF_FORMAT_VERSION, "text_head": "llama.cpp",
                             "hidden_states": "llama.cpp (embeddings output, pooling none)",
-                            "export_seconds": round(seconds, 2), "verification": report}
+                            "step_bytes": step_bytes(path), "export_seconds": round(seconds, 2),
+                            "verification": report}
         mf.write_manifest(out, manifest)
     finally:
         for f in (f32_tmp, final_tmp):
@@ -347,13 +406,25 @@ def export_gguf(checkpoint: Path, out: Path, gguf_type: str = "f32", verify_file
     return manifest
 
 
+def step_bytes(path: Path) -> int:
+    """Bytes of the tensors one llama.cpp decode step reads: every tensor but `token_embd`
+    (of which it reads one row per token); armor-bench's roofline for the llamacpp backend."""
+    import gguf
+
+    return int(sum(int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors if t.name != "token_embd.weight"))
+
+
 def decoder_architecture(model) -> str:
     return ARCHITECTURES.get(model.mllm.config.text_config.model_type, "?")
 
 
 def _summary(report: dict) -> str:
     keys = ("max_abs_diff_logits", "top1_agreement", "kl_mean")
-    return ", ".join(f"{k} {report[k]:.3g}" for k in keys if k in report)
+    parts = [f"{k} {report[k]:.3g}" for k in keys if k in report]
+    e2e = report.get("end_to_end") or {}
+    parts += [f"{k} drop {e2e['drop_points'][k]:g} points (limit {e2e['max_drop_points'][k]:g})"
+              for k in e2e.get("failed", [])]
+    return ", ".join(parts)
 
 
 def gguf_writer_class():

@@ -288,7 +288,8 @@ def _copy_unchanged(src: Bundle, out: Path, plan: dict) -> dict[str, dict]:
     rewritten = set(plan) | {f"{g}.weights" for g in plan}
     graph_roles = {r for g in (*src.graphs, "text_model") for r in (g, f"{g}.weights")}
     for name, entry in src.manifest["files"].items():
-        if entry["role"] in rewritten:
+        # the TensorRT form and engines describe the float graphs: re-export them from the new bundle
+        if entry["role"] in rewritten or entry["role"].startswith(("trt.", "engine.")):
             continue
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src.path / name, out / name)
@@ -311,6 +312,7 @@ def _manifest(src: Bundle, out: Path, files: dict, settings: Settings, details: 
     from calibration import __version__
 
     manifest = json.loads(json.dumps(src.manifest))  # a deep copy
+    manifest.pop("tensorrt", None)  # its files were not copied (see _copy_unchanged)
     manifest["files"] = {name: {**entry, "bytes": (out / name).stat().st_size, "sha256": sha256(out / name)}
                          for name, entry in sorted(files.items())}
     for name, graph in manifest["graphs"].items():

@@ -15,6 +15,13 @@ on fixed shapes-world prompts:
   memory read bandwidth measured in the same command with the same number of threads;
 - vision encoder and VQ decoder ms, the text head per call, peak RSS, size on disk.
 
+`--backend` names one backend for every bundle or one per bundle (`ort,ort,llamacpp`), so one
+command compares ORT bundles with llama.cpp ones. A llamacpp row's decoder step is llama.cpp's
+decode of one token, text head included (llama.cpp computes the logits in the same decode); its
+roofline reads the bytes of every text.gguf tensor but `token_embd` (the manifest's
+`gguf.step_bytes`; the whole file's size, an upper bound, for a bundle exported without it) and
+an f32 KV cache.
+
 Several bundles are compared with the first; with `--checkpoint`, the PyTorch reference runs
 the same workload (`python -m training_ref.bench`, its own process: the runtime imports no
 other package) and the first bundle is compared with it. Each bundle also runs in its own
@@ -44,6 +51,7 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime.cliutil import ArgumentParser, boundary, whole
+from runtime.constants import GGUF_FILE
 from runtime.errors import ArmorError, InputError
 
 log = logging.getLogger(__name__)
@@ -52,7 +60,7 @@ VQA_QUESTION = "how many shapes are there?"
 TEXT_PROMPT = "describe the image."
 T2I_PROMPTS = ["draw a large red circle at the top left.", "draw a small blue square in the center.",
                "draw a large green triangle at the bottom right and a small yellow circle at the top."]
-CSV_FIELDS = ["device", "precision", "engine", "bundle_mb", "load_s", "ttft_ms", "text_tokens_per_s",
+CSV_FIELDS = ["device", "precision", "engine", "backend", "bundle_mb", "load_s", "ttft_ms", "text_tokens_per_s",
               "text_outside_ms", "image_tokens_per_s", "image_outside_ms", "image_tokens_per_s_e2e", "s_per_image",
               "vision_ms", "vq_decode_ms", "text_head_ms", "peak_rss_mb"]
 SPEED_KEYS = ("text_tokens_per_s", "image_tokens_per_s", "image_tokens_per_s_e2e")  # higher is better
@@ -247,16 +255,24 @@ def read_bandwidth_gbs(threads: int, mib: int = 512, repeats: int = 5) -> float:
     return best
 
 
-def roofline(manifest: dict, positions: list[int], bandwidth_gbs: float) -> dict:
+def roofline(manifest: dict, positions: list[int], bandwidth_gbs: float, backend: str = "ort") -> dict:
     """ms per decoder step if it only had to read its weights and its KV cache once at
-    `bandwidth_gbs`: weight bytes from the decoder's files, KV bytes at each position."""
+    `bandwidth_gbs`: weight bytes from the decoder's files (llamacpp: text.gguf's tensors but the
+    embedding), KV bytes at each position."""
     m = manifest["model"]
-    weights = sum(f["bytes"] for f in manifest["files"].values() if f["role"] in ("decoder", "decoder.weights"))
-    elem = 2 if manifest["dtype"] == "fp16" else 4
+    if backend == "llamacpp":
+        gguf = manifest.get("gguf", {})
+        weights = gguf.get("step_bytes") or manifest["files"][GGUF_FILE]["bytes"]
+        source = "text.gguf tensors but token_embd" if gguf.get("step_bytes") else "text.gguf size (upper bound)"
+        elem, static = 4, False  # llama.cpp's KV cache is f32 here and holds only the filled cells
+    else:
+        weights = sum(f["bytes"] for f in manifest["files"].values() if f["role"] in ("decoder", "decoder.weights"))
+        source, elem = "decoder files", 2 if manifest["dtype"] == "fp16" else 4
+        static = m.get("kv_cache") == "static"
     kv_row = 2 * m["n_layers"] * m["n_kv_heads"] * m["head_dim"] * elem  # bytes per cached token
-    out = {"decoder_weight_mb": weights / 1e6}
+    out = {"decoder_weight_mb": weights / 1e6, "roofline_weights": source}
     for p in positions:
-        read = m.get("kv_capacity", p) if m.get("kv_cache") == "static" else p
+        read = m.get("kv_capacity", p) if static else p
         out[f"roofline_ms@{p}"] = (weights + kv_row * read) / (bandwidth_gbs * 1e9) * 1e3
     return out
 
@@ -311,7 +327,7 @@ def chart(path: Path, rows: list[dict]) -> None:
         log.info("matplotlib is not installed (the `bench` extra): no bench.png; bench.json and bench.csv are written")
         return
     metrics = [("text_tokens_per_s", "text decode"), ("image_tokens_per_s", "image decode (CFG)")]
-    labels = [f"{r['engine']} {r['precision']}\n{r['device']}" for r in rows]
+    labels = [f"{r.get('backend', r['engine'])} {r['precision']}\n{r['device']}" for r in rows]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 + 1.6 * len(rows), 3.6))
     for ax, (key, title) in zip(axes, metrics):
         values = [r.get(key, float("nan")) for r in rows]
@@ -337,7 +353,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("bundles", type=Path, nargs="+", metavar="BUNDLE",
                    help="one or more bundles (e.g. fp32 then its quantized versions); the first is the baseline")
     p.add_argument("--checkpoint", type=Path, help="also run the PyTorch reference on this checkpoint")
-    p.add_argument("--backend", default="ort", help="ort, tensorrt or llamacpp (default ort)")
+    p.add_argument("--backend", default="ort", metavar="NAME[,NAME...]",
+                   help="ort, tensorrt or llamacpp for every bundle, or a comma list with one per bundle "
+                        "(e.g. ort,ort,llamacpp; default ort)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=whole(1), default=64, help="text tokens and decoder steps per run")
@@ -416,6 +434,26 @@ def _numbers(text: str, flag: str, minimum: int) -> list[int]:
     return values
 
 
+def backends_for(text: str, n_bundles: int) -> list[str]:
+    """`--backend`: one name for all bundles, or exactly one per bundle."""
+    from runtime.backends import BACKENDS
+
+    names = [b.strip() for b in text.split(",")]
+    if "" in names or len(names) not in (1, n_bundles):
+        raise InputError(f"--backend takes one backend or one per bundle ({n_bundles}), comma-separated; got {text!r}")
+    unknown = sorted(set(names) - set(BACKENDS))
+    if unknown:
+        raise InputError(f"--backend {', '.join(unknown)}: unknown; choose from {', '.join(BACKENDS)}")
+    return names * n_bundles if len(names) == 1 else names
+
+
+def _precision(manifest: dict, backend: str) -> str:
+    """The row's label: text.gguf's type on llamacpp, else the calibration scheme or dtype."""
+    if backend == "llamacpp" and GGUF_FILE in manifest["files"]:
+        return "gguf-" + manifest["files"][GGUF_FILE].get("dtype", "?")
+    return manifest.get("calibration", {}).get("scheme") or manifest["dtype"]
+
+
 def _bench(args) -> int:
     positions = _numbers(args.positions, "--positions", 1)
     jacobi = _numbers(args.jacobi, "--jacobi", 2) if args.jacobi else []
@@ -423,13 +461,15 @@ def _bench(args) -> int:
         from runtime.soak import main as soak_main
 
         return soak_main(args)
-    options = {"allow_spinning": True} if args.ort_spinning else {}
-    if args.backend == "ort":
-        options["thread_pool"] = args.ort_thread_pool
+    backends = backends_for(args.backend, len(args.bundles))
     from runtime.bundle import open_bundle
 
     manifests = [open_bundle(b, verify_hashes=False).manifest for b in args.bundles]
-    jobs = [(b, m.get("calibration", {}).get("scheme") or m["dtype"], m) for b, m in zip(args.bundles, manifests)]
+    for bundle, backend, m in zip(args.bundles, backends, manifests):
+        if backend == "llamacpp" and GGUF_FILE not in m["files"]:
+            raise InputError(f"{bundle} has no {GGUF_FILE} for --backend llamacpp: add one with "
+                             f"armor-export CHECKPOINT --target gguf --out {bundle}")
+    jobs = [(b, _precision(m, k), m, k) for b, m, k in zip(args.bundles, manifests, backends)]
     threads = args.threads or os.cpu_count() or 1
     bandwidth = read_bandwidth_gbs(threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -439,11 +479,14 @@ def _bench(args) -> int:
         work_file = Path(tmp) / "workload.json"
         work_file.write_text(json.dumps(work))
         rows = []
-        for bundle, precision, manifest in tqdm(jobs, desc="bench"):
-            r = _in_child(bench_runtime, bundle, args.backend, args.device, work, args.threads, options)
+        for bundle, precision, manifest, backend in tqdm(jobs, desc="bench"):
+            options = {"allow_spinning": True} if args.ort_spinning else {}
+            if backend in ("ort", "llamacpp"):  # llamacpp's adapter, vision and VQ graphs run on ORT
+                options["thread_pool"] = args.ort_thread_pool
+            r = _in_child(bench_runtime, bundle, backend, args.device, work, args.threads, options)
             rows.append({"device": args.device, "precision": precision, "bundle": str(bundle),
-                         "kv_cache": manifest["model"]["kv_cache"], "bundle_mb": _size_mb(bundle), **r,
-                         **roofline(manifest, positions, bandwidth)})
+                         "kv_cache": "llama.cpp f32" if backend == "llamacpp" else manifest["model"]["kv_cache"],
+                         "bundle_mb": _size_mb(bundle), **r, **roofline(manifest, positions, bandwidth, backend)})
         decoding = None
         if jacobi and args.jacobi_prompts:
             decoding = _decoding(args.bundles[0], jacobi, args, Path(tmp) / "decoding.json")
@@ -460,7 +503,7 @@ def _bench(args) -> int:
             "machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps, "repeats": args.repeats,
             "positions": positions, "threads": args.threads, "read_bandwidth_gbs": bandwidth,
-            "bandwidth_threads": threads, "backend": args.backend, "ort_spinning": args.ort_spinning,
+            "bandwidth_threads": threads, "backends": backends, "ort_spinning": args.ort_spinning,
             "ort_thread_pool": args.ort_thread_pool,
             "note": "each engine and bundle is measured in its own fresh process"}
     if decoding:

@@ -22,11 +22,12 @@ from PIL import Image
 from runtime.bundle import open_bundle
 from runtime.errors import InputError
 from runtime.generation import Done, Event, ImageDone, ImageStarted, TextDelta, generate
+from runtime.lifecycle import Closing, close_attr
 from runtime.model import BundleModel
 from runtime.sampling import SamplingParams
 
 
-class ArmorPipeline:
+class ArmorPipeline(Closing):
     def __init__(self, model: BundleModel, load_seconds: float = 0.0):
         self.model = model
         self.tokenizer = model.bundle.tokenizer
@@ -87,12 +88,4 @@ class ArmorPipeline:
         return out
 
     def close(self) -> None:
-        if self.model is not None:
-            self.model.close()
-            self.model = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        close_attr(self, "model")

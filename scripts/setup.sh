@@ -14,6 +14,12 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[train,dev]"
 .venv/bin/python -c "import torch, transformers, onnxruntime, tokenizers; print('setup: torch', torch.__version__, '| transformers', transformers.__version__, '| onnxruntime', onnxruntime.__version__)"
+# scripts/typecheck.sh's tensorrt-stubs: --no-deps (they depend on TensorRT, which cannot be installed
+# here), into a folder off sys.path (in site-packages their bare `tensorrt/` imports as an empty package)
+if [ ! -f .venv/stubs/tensorrt-stubs/tensorrt/__init__.pyi ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --target .venv/stubs/tensorrt-stubs \
+    "tensorrt-stubs==10.13.0.35.1"
+fi
 
 if [ "${ARMOR_SKIP_GGUF:-0}" != "1" ]; then
   WHEELS=${ARMOR_WHEEL_CACHE:-$HOME/.cache/armor-edge/wheels}

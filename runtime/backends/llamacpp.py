@@ -43,6 +43,7 @@ from runtime import constants as C
 from runtime.backends import DeviceError
 from runtime.cache import ContextFull, Stream
 from runtime.errors import BundleError
+from runtime.lifecycle import Closing, close_attr
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def route_logs() -> None:
         L.llama_backend_init()
 
 
-class LlamaText:
+class LlamaText(Closing):
     """One text.gguf loaded in llama.cpp with one context of `n_seq` sequences (unified KV
     cache of `n_ctx` cells, f32), embeddings output on. Torch-free, bundle-free: the exporter's
     verification uses it too."""
@@ -238,12 +239,6 @@ class LlamaText:
             L.llama_model_free(self.model)
             self.model = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 class _Slot(list):
     """A one-element view of `logits[i]` for `_run_tokens` called on one row."""
@@ -369,9 +364,7 @@ class LlamaDecoder:
         return stream
 
     def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
+        close_attr(self, "engine")
 
 
 class LlamaStream(Stream):

@@ -103,16 +103,46 @@ def test_llama_cpp_f32_matches_pytorch(random_gguf_bundle):
 def test_quantized_types_by_llama_cpp_with_their_report(tmp_path, tiny_bundle, tiny_checkpoint, gguf_type):
     import gguf
 
-    from armor_export.gguf import export_gguf
+    from armor_export.gguf import FTYPES, export_gguf
 
     out = tmp_path / "b"
     shutil.copytree(tiny_bundle, out)
-    manifest = export_gguf(tiny_checkpoint, out, gguf_type, force=True)
+    manifest = export_gguf(tiny_checkpoint, out, gguf_type)  # no force: a failed gate would raise here
     report = manifest["gguf"]["verification"]
     print(gguf_type, json.dumps(report))
     assert report["against"] == "f32 text.gguf" and report["passed"], report
-    types = {t.tensor_type.name for t in gguf.GGUFReader(str(out / C.GGUF_FILE)).tensors}
-    assert {"f16": "F16", "q8_0": "Q8_0", "q4_k_m": "Q6_K"}[gguf_type] in types, types  # q4_k_m: Q6_K output...
+    e2e = report["end_to_end"]  # ShapeEval and VQA of the answers on llama.cpp, this type vs f32
+    assert e2e["passed"] and e2e["quantized"]["n_t2i"] == 40 and e2e["f32"]["shapeeval_all_correct"] > 0.5, e2e
+    r = gguf.GGUFReader(str(out / C.GGUF_FILE))
+    assert r.fields["general.file_type"].contents() == FTYPES[gguf_type]
+    types = {t.tensor_type.name for t in r.tensors}
+    # llama.cpp's K-quants need rows of 256: narrower ones fall back (Q4_K -> Q5_0, Q6_K -> Q8_0)
+    k_rows = manifest["model"]["hidden_size"] % 256 == 0
+    expected = {"f16": {"F16"}, "q8_0": {"Q8_0"},
+                "q4_k_m": {"Q4_K", "Q6_K"} if k_rows else {"Q5_0", "Q8_0"}}[gguf_type]
+    assert expected <= types, types
+
+
+@needs_llama
+def test_a_quantized_type_beyond_its_gates_is_refused_without_force(random_bundle, random_checkpoint, tmp_path,
+                                                                     monkeypatch, capsys):
+    """q8_0 against gates no file can meet: one line, exit 1, the bundle as it was; --force keeps it."""
+    from armor_export import gguf as g
+
+    out = tmp_path / "b"
+    shutil.copytree(random_bundle, out)
+    before = (out / C.MANIFEST_FILE).read_bytes()
+    monkeypatch.setitem(g.GATES, "q8_0", (1.01, -1.0))  # top-1 above 1 and a negative KL: unreachable
+    monkeypatch.setattr(g, "E2E_PROMPTS", {"vqa": 4, "t2i": 2})  # the forced run's end-to-end scores, kept short
+    argv = [str(random_checkpoint), "--target", "gguf", "--gguf-type", "q8_0", "--out", str(out)]
+    code, err = _cli(argv, capsys)
+    assert code == 1 and len(err.splitlines()) == 1 and "failed its verification" in err and "--force" in err, err
+    assert (out / C.MANIFEST_FILE).read_bytes() == before and not (out / C.GGUF_FILE).exists()
+    assert not list(out.glob("*.tmp"))
+    code, err = _cli(argv + ["--force"], capsys)
+    report = json.loads((out / C.MANIFEST_FILE).read_text())["gguf"]["verification"]
+    assert code == 0 and (out / C.GGUF_FILE).is_file() and report["passed"] is False
+    assert report["end_to_end"]["quantized"]["n_t2i"] == 2 and not list(out.glob("*.tmp"))
 
 
 def _cli(argv, capsys):

@@ -316,6 +316,8 @@ def test_int8_qdq_bundle_gives_a_passing_trt_form_with_the_same_tokens(trt32, tm
            "--force", "--quiet"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
+    # the source's float TensorRT form is not carried into the quantized bundle
+    assert "tensorrt" not in open_bundle(q).manifest and not (q / "trt").exists()
     manifest, _ = export_tensorrt(q, q, Options(precision="int8"))
     assert manifest["tensorrt"]["precision"] == "int8"
     assert manifest["verification"]["tensorrt"]["rewrites"]["vq_decoder"]["float_biases"] > 0

@@ -113,38 +113,8 @@ def test_dropped_streams_give_their_sequences_back(models):
 
 
 # --- parity with the PyTorch reference on the shipped tiny ------------------------------------------
-def _runtime(pipe, messages, **kw):
-    from runtime import ImageDone, TextDelta
-
-    texts, codes, current = [], [], []
-    for e in pipe.generate(messages, **kw):
-        if isinstance(e, TextDelta):
-            current.append(e.text)
-        elif isinstance(e, ImageDone):
-            texts.append("".join(current).strip())
-            current = []
-            codes.append(e.codes.reshape(-1).tolist())
-    texts.append("".join(current).strip())
-    return [t for t in texts if t], codes
-
-
-def _reference(model, tok, messages, **kw):
-    from training_ref.generate import generate
-
-    out, ids = generate(model, tok, messages, return_ids=True, **kw)
-    cfg, codes, current = model.config, [], None
-    for i in ids:
-        if i == cfg.img_bos_id:
-            current = []
-        elif current is not None and cfg.code_offset <= i < cfg.code_offset + cfg.n_codes:
-            current.append(i - cfg.code_offset)
-        elif current is not None:
-            current += [0] * (cfg.n_grid - len(current))
-        if current is not None and len(current) == cfg.n_grid:
-            codes.append(current)
-            current = None
-    return [p for p in out if isinstance(p, str)], codes
-
+# the same answer extraction as the ORT parity tests: (text segments, image codes) of each side
+from tests.runtime.test_parity import _reference, _runtime  # noqa: E402
 
 def _cases():
     from training_ref import world
@@ -187,14 +157,10 @@ def test_greedy_tokens_match_the_pytorch_reference_on_tiny(tiny_pair, case, cfg_
 
 @pytest.mark.slow
 def test_same_seed_same_tokens_as_the_reference_on_tiny(tiny_pair):
-    from runtime.sampling import SamplingParams
-
     model, tok, pipe = tiny_pair
     messages = _cases()["interleaved"]
-    kw = dict(max_new_tokens=48, cfg_scale=3.0)
-    sampling = dict(temperature=0.8, top_k=40, top_p=0.95, seed=11)
-    assert _runtime(pipe, messages, **kw, **sampling) == _reference(model, tok, messages, sampling=SamplingParams(
-        **sampling), **kw)
+    kw = dict(max_new_tokens=48, cfg_scale=3.0, temperature=0.8, top_k=40, top_p=0.95, seed=11)
+    assert _runtime(pipe, messages, **kw) == _reference(model, tok, messages, **kw)
 
 
 @pytest.mark.slow
@@ -246,6 +212,30 @@ def test_truncated_gguf_is_one_line_from_llama_cpp(random_gguf, tmp_path):
     (tmp_path / "t.gguf").write_bytes(data[: len(data) // 3])
     with pytest.raises(BundleError, match="cannot load"):
         LlamaText(tmp_path / "t.gguf", n_ctx=64)
+
+
+def test_text_gguf_of_another_armor_gguf_version_is_refused(random_gguf, random_checkpoint, tmp_path, monkeypatch,
+                                                           capsys):
+    """A text.gguf written by an exporter of another ARMOR GGUF version: one line, exit 1."""
+    import json
+
+    from armor_export import gguf as g
+    from runtime.bundle import sha256
+    from runtime.cli import main
+    from training_ref.checkpoint import load_checkpoint
+
+    bad = tmp_path / "b"
+    shutil.copytree(random_gguf, bad)
+    manifest = json.loads((bad / C.MANIFEST_FILE).read_text())
+    monkeypatch.setattr(C, "GGUF_FORMAT_VERSION", C.GGUF_FORMAT_VERSION + 1)  # the writer's version only
+    model, tok = load_checkpoint(random_checkpoint)
+    g.write_f32(model, tok, bad / C.GGUF_FILE, None, manifest["files"][C.EMBEDDINGS_FILE]["sha256"])
+    monkeypatch.undo()
+    manifest["files"][C.GGUF_FILE].update(bytes=(bad / C.GGUF_FILE).stat().st_size, sha256=sha256(bad / C.GGUF_FILE))
+    (bad / C.MANIFEST_FILE).write_text(json.dumps(manifest))
+    code = main([str(bad), "--backend", "llamacpp", "--prompt", "hi", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "version" in err, err
 
 
 @pytest.mark.slow
