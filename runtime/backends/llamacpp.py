@@ -157,8 +157,7 @@ class LlamaText(Closing):
                         self._run_embeds(seq, p0 + start, embeds[start:end], hidden[i], start, logits, i, all_logits,
                                          last=end == len(ids))
                     else:
-                        self._run_tokens([rows[i]], [(0, j) for j in range(start, end)], [hidden[i]], _Slot(logits, i),
-                                         all_logits)
+                        self._run_tokens(rows, [(i, j) for j in range(start, end)], hidden, logits, all_logits)
                     start = end
         return hidden, logits
 
@@ -238,20 +237,6 @@ class LlamaText(Closing):
         if getattr(self, "model", None):
             L.llama_model_free(self.model)
             self.model = None
-
-
-class _Slot(list):
-    """A one-element view of `logits[i]` for `_run_tokens` called on one row."""
-
-    def __init__(self, target: list, i: int):
-        super().__init__([None])
-        self.target, self.i = target, i
-
-    def __setitem__(self, k, value):
-        self.target[self.i] = value
-
-    def __getitem__(self, k):
-        return self.target[self.i]
 
 
 # --- the bundle's engine ---------------------------------------------------------------------------

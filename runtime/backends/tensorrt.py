@@ -22,6 +22,7 @@ static cache layout; it knows nothing about tokens, modes or sampling.
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -411,8 +412,6 @@ class TrtStaticStream(Stream):
                  "cache_mask": self.cache_mask, "position_ids": self.positions(t)}
         bound = {name: (self.slab.tensor(i), shape) for i, name in enumerate(dec.past)}
         runner = dec.graphs["decoder"]
-        import time
-
         t0 = time.perf_counter()
         graph.enqueue(feeds, bound)
         # The new rows land in the graph's own `present` buffers, then one 2-D copy per tensor puts

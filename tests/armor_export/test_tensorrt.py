@@ -279,10 +279,11 @@ def _cases():
     }
 
 
-def _tokens(bundle, messages, **kw):
+def _tokens(bundle, messages, backend="ort", device="cpu", **kw):
+    """Text deltas and image codes of one generation, in order."""
     from runtime import ArmorPipeline, ImageDone, TextDelta
 
-    with ArmorPipeline.load(bundle) as pipe:
+    with ArmorPipeline.load(bundle, backend=backend, device=device) as pipe:
         out = []
         for e in pipe.generate(messages, **kw):
             if isinstance(e, TextDelta):

@@ -208,23 +208,11 @@ def test_the_profile_is_the_one_that_covers_the_shapes_nearest_its_opt(trt_bundl
 
 
 # --- on a device -------------------------------------------------------------------------------------
-def _tokens(bundle, messages, backend, device, **kw):
-    from runtime import ArmorPipeline, ImageDone, TextDelta
-
-    with ArmorPipeline.load(bundle, backend=backend, device=device) as pipe:
-        out = []
-        for e in pipe.generate(messages, **kw):
-            if isinstance(e, TextDelta):
-                out.append(e.text)
-            elif isinstance(e, ImageDone):
-                out.append(e.codes.reshape(-1).tolist())
-        return out
-
-
 @pytest.mark.gpu
 @pytest.mark.slow
 def test_engines_from_tiny_give_the_ort_backends_tokens(tmp_path, tiny_checkpoint):
     from armor_export.tensorrt import Options, engine_support, export_tensorrt
+    from tests.armor_export.test_tensorrt import _tokens
 
     why = engine_support()
     if why is not None:
