@@ -21,7 +21,8 @@ Step 2, only where `tensorrt` imports and a CUDA device exists: one engine per g
 no precision builder flags, the timing cache reused, recorded in `tensorrt.engines`. It has
 never run on these machines (no GPU, no TensorRT): it is written from NVIDIA's documentation.
 
-Files are written under a temporary folder and renamed; the manifest last. It knows ONNX
+Each graph's bytes and FLOPs per call (armor_export.costs) go into `tensorrt.costs` for
+armor-bench --project. Files are written under a temporary folder and renamed; the manifest last. It knows ONNX
 graphs, bundles and the manifest; the checks live in trt_check, the profiles' meaning in the
 runtime's TensorRT backend.
 """
@@ -41,6 +42,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from armor_export import manifest as mf
+from armor_export.costs import form_costs
 from armor_export.onnx_files import convert_fp16, save_onnx
 from armor_export.trt_check import check_model, tier
 from runtime.constants import MANIFEST_FILE
@@ -383,9 +385,11 @@ def _trtexec_script(lines: list[str], tier_name: str) -> str:
 def engine_support() -> str | None:
     """None where engines can be built here, else why not (one phrase)."""
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt
     except Exception as e:  # noqa: BLE001 - ImportError, or a bindings wheel without its libraries
         return f"`import tensorrt` fails here ({e.__class__.__name__})"
+    if not hasattr(tensorrt, "Builder"):  # e.g. tensorrt-stubs on sys.path: a package with no bindings
+        return f"`tensorrt` at {getattr(tensorrt, '__path__', ['?'])[0]} has no bindings (stubs only?)"
     if _device_name() is None:
         return "no CUDA device is visible here"
     return None
@@ -475,7 +479,9 @@ def export_tensorrt(source: Path, out: Path, opts: Options | None = None) -> tup
             raise TensorRTExportError(f"the TensorRT form fails its static check for {tier(opts.trt_version).label} "
                                       f"({len(problems)} problems; first: {problems[0]}); nothing written")
         section = {"tier": opts.trt_version, "precision": opts.precision, "max_batch": opts.max_batch,
-                   "capacity": m["kv_capacity"], "graphs": graphs, "engines": {}}
+                   "capacity": m["kv_capacity"], "graphs": graphs, "engines": {},
+                   "costs": form_costs({g: (tmp / e["file"], e["profiles"]) for g, e in graphs.items()}, m,
+                                       "tensorrt")}  # armor-bench --project reads them
         (tmp / PROFILES_FILE).write_text(json.dumps({"tier": opts.trt_version, "max_batch": opts.max_batch,
                                                      "capacity": m["kv_capacity"],
                                                      "graphs": {g: e["profiles"] for g, e in graphs.items()}},

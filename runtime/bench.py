@@ -299,6 +299,8 @@ def write_outputs(out: Path, rows: list[dict], meta: dict) -> dict:
     _atomic_write(out / "bench.json", json.dumps({"meta": meta, "rows": rows, "ratios": ratios,
                                                   "ratios_vs_first_bundle": vs_first}, indent=2))
     extra = sorted({k for r in rows for k in r if "@" in k})
+    if any(r["engine"] == "projection" for r in rows):
+        extra += ["compute", "decoder_bound", "resident_mb", "fits"]
     fields = CSV_FIELDS + extra
     with open(out / "bench.csv.tmp", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
@@ -377,6 +379,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=1.0, help="the sampled setting of --jacobi-prompts")
     p.add_argument("--top-k", type=whole(0), default=64, help="the sampled setting of --jacobi-prompts")
     p.add_argument("--soak", type=whole(1), metavar="N", help="instead: N mixed generations in one process, RSS series")
+    p.add_argument("--project", default="", metavar="DEVICE[,DEVICE...]",
+                   help="add a roofline projection row per bundle for each device (agx-orin-64gb, orin-nx-16gb, "
+                        "orin-nano-8gb, orin-nano-super, rtx-4060-laptop): runtime/project.py")
+    p.add_argument("--no-measure", action="store_true", help="with --project: only the projections, nothing is run")
     return p.parse_args(argv)
 
 
@@ -418,6 +424,36 @@ def _size_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**20
 
 
+def _projections(args, manifests: list[dict], positions: list[int]) -> list[dict]:
+    """--project: one roofline row per bundle and device (runtime/project.py)."""
+    from runtime.devices import device
+    from runtime.project import load_costs, project_row
+
+    devices = [device(n.strip()) for n in args.project.split(",") if n.strip()]
+    rows = []
+    for bundle, manifest in zip(args.bundles, manifests):
+        costs = load_costs(bundle, manifest) if devices else None
+        for dev in devices:
+            rows.append({"precision": _precision(manifest, "tensorrt"), "bundle": str(bundle),
+                         "kv_cache": manifest["model"]["kv_cache"], "bundle_mb": _size_mb(bundle),
+                         **project_row(costs, manifest, dev, positions)})
+    return rows
+
+
+def _project_only(args, manifests: list[dict], positions: list[int]) -> int:
+    rows = _projections(args, manifests, positions)
+    meta = {"bundles": [str(b) for b in args.bundles], "date": time.strftime("%Y-%m-%d"), "positions": positions,
+            "projected": args.project, "note": "projections only (--no-measure): nothing was run"}
+    write_outputs(args.out, rows, meta)
+    for r in rows:
+        print(f"{r['device']} {r['precision']} ({r['compute']}): decoder step {r[f'decoder_step_ms@{positions[0]}']:.2f} ms "
+              f"({r['decoder_bound']}-bound), text {r['text_tokens_per_s']:.0f} tok/s, image {r['image_tokens_per_s']:.0f} "
+              f"tok/s with CFG, TTFT {r['ttft_ms']:.1f} ms, vision {r['vision_ms']:.2f} ms, VQ {r['vq_decode_ms']:.2f} ms, "
+              f"{r['resident_mb']:.0f} MB resident{'' if r['fits'] else ' (does not fit)'}  [projection]")
+    print(f"armor-bench: wrote {args.out / 'bench.json'}, bench.csv (roofline projections, not measurements)")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -448,9 +484,12 @@ def backends_for(text: str, n_bundles: int) -> list[str]:
 
 
 def _precision(manifest: dict, backend: str) -> str:
-    """The row's label: text.gguf's type on llamacpp, else the calibration scheme or dtype."""
+    """The row's label: text.gguf's type on llamacpp, the TensorRT form's precision on tensorrt, else
+    the calibration scheme or dtype."""
     if backend == "llamacpp" and GGUF_FILE in manifest["files"]:
         return "gguf-" + manifest["files"][GGUF_FILE].get("dtype", "?")
+    if backend == "tensorrt" and "tensorrt" in manifest:
+        return "trt-" + manifest["tensorrt"]["precision"]
     return manifest.get("calibration", {}).get("scheme") or manifest["dtype"]
 
 
@@ -462,6 +501,13 @@ def _bench(args) -> int:
 
         return soak_main(args)
     backends = backends_for(args.backend, len(args.bundles))
+    if args.no_measure and not args.project:
+        raise InputError("--no-measure needs --project DEVICE")
+    if args.project:
+        from runtime.devices import device
+
+        for name in args.project.split(","):  # unknown names fail before any work
+            device(name.strip())
     from runtime.bundle import open_bundle
 
     manifests = [open_bundle(b, verify_hashes=False).manifest for b in args.bundles]
@@ -470,6 +516,8 @@ def _bench(args) -> int:
             raise InputError(f"{bundle} has no {GGUF_FILE} for --backend llamacpp: add one with "
                              f"armor-export CHECKPOINT --target gguf --out {bundle}")
     jobs = [(b, _precision(m, k), m, k) for b, m, k in zip(args.bundles, manifests, backends)]
+    if args.no_measure:
+        return _project_only(args, manifests, positions)
     threads = args.threads or os.cpu_count() or 1
     bandwidth = read_bandwidth_gbs(threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -499,6 +547,7 @@ def _bench(args) -> int:
             r = _reference(args.checkpoint, work_file, args.threads)
             rows.append({"device": "cpu", "precision": "fp32", "bundle": str(args.checkpoint),
                          "bundle_mb": _size_mb(args.checkpoint), **r})
+    rows += _projections(args, manifests, positions)
     meta = {"bundles": [str(b) for b in args.bundles], "checkpoint": str(args.checkpoint) if args.checkpoint else None,
             "machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps, "repeats": args.repeats,

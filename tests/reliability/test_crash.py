@@ -63,6 +63,15 @@ def _bundle_is_whole_or_absent(folder: Path) -> bool:
     return True
 
 
+def _assert_whole_or_not_a_bundle(out: Path, code: int, kill_after: float) -> None:
+    """A success is a whole bundle; after a kill, a manifest may exist only if the kill came after its
+    atomic write (the process was printing or exiting), and then every file verifies against it."""
+    if code == 0:
+        assert _bundle_is_whole_or_absent(out)
+    elif (out / MANIFEST_FILE).exists():
+        assert _bundle_is_whole_or_absent(out), f"a manifest over an incomplete bundle after a kill at {kill_after} s"
+
+
 def _leftovers(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if ".tmp" in p.name or p.name.startswith(".armor-calibrate-scratch")]
 
@@ -75,10 +84,7 @@ def test_killed_export_leaves_no_bundle_that_looks_valid(random_checkpoint, tmp_
     args = [str(random_checkpoint), "--out", str(out), "--overwrite", "--quiet", "--no-text-model"]
     for kill_after in KILL_AFTER:
         code, _, _ = _run("armor_export.cli", args, kill_after)
-        if code == 0:
-            assert _bundle_is_whole_or_absent(out)
-        elif out.exists():
-            assert not (out / MANIFEST_FILE).exists(), f"a manifest after a kill at {kill_after} s"
+        _assert_whole_or_not_a_bundle(out, code, kill_after)
     code, _, err = _run("armor_export.cli", args)
     assert code == 0, err
     assert _bundle_is_whole_or_absent(out) and not _leftovers(out)
@@ -90,10 +96,7 @@ def test_killed_calibration_leaves_no_bundle_and_no_scratch(random_bundle, tmp_p
             "--n-t2i", "1", "--overwrite", "--quiet", "--force"]
     for kill_after in KILL_AFTER:
         code, _, _ = _run("calibration.cli", args, kill_after)
-        if code == 0:
-            assert _bundle_is_whole_or_absent(out)
-        elif out.exists():
-            assert not (out / MANIFEST_FILE).exists(), f"a manifest after a kill at {kill_after} s"
+        _assert_whole_or_not_a_bundle(out, code, kill_after)
     code, _, err = _run("calibration.cli", args)
     assert code == 0, err
     assert _bundle_is_whole_or_absent(out) and not _leftovers(out)
