@@ -62,8 +62,9 @@ def weight_bytes(model: onnx.ModelProto) -> float:
 
 
 def _with_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> tuple[onnx.ModelProto, set[str]]:
-    """A copy with every graph input's dims fixed and each MatMulNBits stood in by a MatMul against
-    a [K, N] placeholder input (ONNX shape inference knows no contrib ops); -> (model, placeholders)."""
+    """A copy with every graph input's dims fixed, external weights as inputs of their shape, and each
+    MatMulNBits stood in by a MatMul against a [K, N] placeholder input (shape inference knows no
+    contrib ops); -> (model, the placeholder inputs, which are not the call's I/O)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     for inp in m.graph.input:
@@ -75,10 +76,16 @@ def _with_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> tuple[
                 d.Clear()
                 d.dim_value = int(v)
     placeholders: set[str] = set()
+    # weights kept outside the file were not loaded: inference sees them as inputs of their shape
+    external = [t for t in m.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+    for t in external:
+        m.graph.initializer.remove(t)
+        m.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        placeholders.add(t.name)
     for node in m.graph.node:
         if node.op_type == "MatMulNBits":
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            stub = f"__costs_w_{len(placeholders)}"
+            stub = f"__costs_w_{len(placeholders)}_{node.name}"
             placeholders.add(stub)
             m.graph.input.append(helper.make_tensor_value_info(stub, TensorProto.FLOAT, [attrs["K"], attrs["N"]]))
             node.domain, node.op_type = "", "MatMul"
@@ -90,7 +97,7 @@ def _with_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> tuple[
 
         return SymbolicShapeInference.infer_shapes(m, auto_merge=True), placeholders
     except Exception as e:  # noqa: BLE001 - its failures are bare exceptions; ONNX's inference is the fallback
-        log.info("symbolic shape inference failed (%s); using ONNX shape inference", e)
+        log.warning("symbolic shape inference failed (%s); using ONNX shape inference", e)
         return shape_inference.infer_shapes(m, data_prop=True), placeholders
 
 

@@ -450,6 +450,8 @@ def _project_only(args, manifests: list[dict], positions: list[int]) -> int:
               f"({r['decoder_bound']}-bound), text {r['text_tokens_per_s']:.0f} tok/s, image {r['image_tokens_per_s']:.0f} "
               f"tok/s with CFG, TTFT {r['ttft_ms']:.1f} ms, vision {r['vision_ms']:.2f} ms, VQ {r['vq_decode_ms']:.2f} ms, "
               f"{r['resident_mb']:.0f} MB resident{'' if r['fits'] else ' (does not fit)'}  [projection]")
+        if r.get("unresolved"):
+            print(f"  warning: shapes unresolved at {', '.join(r['unresolved'][:3])}...: their FLOPs are not counted")
     print(f"armor-bench: wrote {args.out / 'bench.json'}, bench.csv (roofline projections, not measurements)")
     return 0
 

@@ -58,6 +58,20 @@ def _lib():
     return llama_cpp
 
 
+def amx_build() -> bool:
+    """Whether this llama.cpp uses Intel AMX (a native build on an AMX CPU): then the model is
+    loaded without llama.cpp's extra weight buffers (AMX and CPU_REPACK), whose AMX matmul
+    crashed here on q8_0 and q4_k_m weights; plain CPU kernels, still AVX-512."""
+    with _INIT:
+        if "amx" not in _LOGS:
+            info = _lib().llama_print_system_info().decode("utf-8", "replace")
+            _LOGS["amx"] = "AMX_INT8 = 1" in info
+            if _LOGS["amx"]:
+                log.info("llama.cpp was built with AMX: loading without its AMX/repacked weight buffers "
+                            "(ggml-org/llama.cpp#20824)")
+    return bool(_LOGS["amx"])
+
+
 def route_logs() -> None:
     """Send llama.cpp's log lines to Python logging (`runtime.backends.llamacpp.native`), once."""
     with _INIT:
@@ -96,6 +110,8 @@ class LlamaText(Closing):
             raise BundleError(f"{self.path} not found")
         mp = L.llama_model_default_params()
         mp.n_gpu_layers = int(gpu_layers)
+        if amx_build():  # llama.cpp's AMX matmul segfaults on quantized weights (ggml-org/llama.cpp#20824)
+            mp.use_extra_bufts = False
         self.model = L.llama_model_load_from_file(str(self.path).encode(), mp)
         if not self.model:
             raise BundleError(f"llama.cpp cannot load {self.path} (truncated, corrupt or not a GGUF it reads; "

@@ -2,13 +2,14 @@
 known answers, and the tiny TensorRT form against its config)."""
 
 import json
+import logging
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from armor_export.costs import CostError, bundle_costs, call_cost, main
+from armor_export.costs import CostError, bundle_costs, call_cost, graph_costs, main
 
 
 def _graph(nodes, inputs, outputs, inits, opset=17, domains=()):
@@ -50,6 +51,26 @@ def test_matmulnbits_counts_its_packed_bytes_and_k_by_n_products():
     assert cost["flops"] == 2 * 3 * k_ * n_ and cost["unresolved"] == []
     assert cost["weight_bytes"] == packed.nbytes + scales.nbytes
     assert cost["io_bytes"] == 3 * k_ * 4 + 3 * n_ * 4  # the placeholder weight is not an input
+
+
+def test_weights_in_external_data_are_sized_without_reading_them(tmp_path, caplog):
+    """Large graphs keep weights beside them; their sizes come from the dims, and a Mul on a weight
+    (which symbolic inference tries to evaluate) must not need the data nor fall back to ONNX's
+    inference (which cannot follow the decoder's computed shapes)."""
+    caplog.set_level(logging.INFO, logger="armor_export.costs")
+
+    w = np.ones((32, 64), np.float32)
+    nodes = [helper.make_node("Mul", ["w", "two"], ["w2"]), helper.make_node("MatMul", ["x", "w2"], ["y"], name="mm")]
+    model = _graph(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])],
+                   {"w": w, "two": np.array(2.0, np.float32)})
+    onnx.save_model(model, tmp_path / "g.onnx", save_as_external_data=True, location="g.onnx.data",
+                    size_threshold=1024)
+    (tmp_path / "g.onnx.data").write_bytes(b"")  # were the data read, this would fail
+    costs = graph_costs(tmp_path / "g.onnx", [{"name": "default", "opt": {"x": [1, 32]}}], {"x"})
+    assert costs["default@b2"]["flops"] == 2 * 2 * 32 * 64 and costs["default@b2"]["unresolved"] == []
+    assert costs["default@b1"]["weight_bytes"] == w.nbytes + 4
+    assert "symbolic shape inference failed" not in caplog.text
 
 
 def test_an_unknown_op_leaves_its_product_unresolved_never_guessed():
