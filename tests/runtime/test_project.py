@@ -87,3 +87,20 @@ def test_bad_project_arguments_get_one_line(tmp_path):
                               capture_output=True, text=True)
         assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert "--project" in done.stderr or "--no-measure" in done.stderr
+
+
+@pytest.mark.slow
+def test_projection_rows_sit_beside_the_measured_row(tmp_path, tiny_checkpoint):
+    pytest.importorskip("onnx")
+    import csv
+
+    from armor_export.tensorrt import Options, export_tensorrt
+
+    out = tmp_path / "trt"
+    export_tensorrt(tiny_checkpoint, out, Options(precision="fp16"))  # its ORT graphs are measured
+    assert bench_main([str(out), "--project", "orin-nano-8gb", "--steps", "2", "--repeats", "1",
+                       "--out", str(tmp_path / "b")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "b" / "bench.csv")))
+    assert [(r["engine"], r["device"]) for r in rows] == [("runtime", "cpu"), ("projection", "orin-nano-8gb")]
+    assert float(rows[0]["text_tokens_per_s"]) > 0 and float(rows[1]["text_tokens_per_s"]) > 0
+    assert rows[1]["decoder_bound"] == "memory" and rows[0]["decoder_bound"] == ""
