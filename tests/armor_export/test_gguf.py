@@ -194,3 +194,30 @@ def test_a_failed_write_leaves_the_bundle_as_it_was(random_gguf_bundle, random_c
     from runtime.bundle import open_bundle
 
     open_bundle(out)  # still a valid bundle, its text.gguf untouched
+
+
+def _bpe(n_tokens: int):
+    """A byte-level BPE tokenizer of exactly `n_tokens` ids (the last one a special token)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"t{i}": i for i in range(n_tokens - 1)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.add_special_tokens(["<|eos|>"])
+    return tok
+
+
+def test_a_padded_embedding_gets_unused_pad_tokens_before_the_codes():
+    gguf = pytest.importorskip("gguf")
+    from types import SimpleNamespace
+
+    from armor_export.gguf import GGUFExportError, vocabulary
+
+    cfg = SimpleNamespace(n_text_vocab=12, n_codes=4, n_new=4 + len(C.NEW_SPECIAL_TOKENS))  # n_new: codes + specials
+    tokens, types, _, pre = vocabulary(_bpe(9), cfg)  # 9 tokens, 12 embedding rows (Qwen2.5-style padding)
+    assert len(tokens) == len(types) == 12 + cfg.n_new and pre == "gpt-2"
+    assert tokens[8] == "<|eos|>" and types[8] == gguf.TokenType.CONTROL and types[0] == gguf.TokenType.NORMAL
+    assert tokens[9:12] == ["[PAD9]", "[PAD10]", "[PAD11]"] and set(types[9:12]) == {gguf.TokenType.UNUSED}
+    assert tokens[12] == C.GGUF_CODE_TOKEN.format(0) and tokens[-len(C.NEW_SPECIAL_TOKENS):] == list(C.NEW_SPECIAL_TOKENS)
+    with pytest.raises(GGUFExportError, match="gaps or extras"):
+        vocabulary(_bpe(13), cfg)  # more tokens than embedding rows
