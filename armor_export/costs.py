@@ -93,12 +93,24 @@ def _with_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> tuple[
             node.input.append(stub)
             del node.attribute[:]
     try:  # ORT's symbolic inference follows shapes computed in the graph (Shape -> Reshape), ONNX's does not
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        return SymbolicShapeInference.infer_shapes(m, auto_merge=True), placeholders
+        return _symbolic_shapes(m), placeholders
     except Exception as e:  # noqa: BLE001 - its failures are bare exceptions; ONNX's inference is the fallback
         log.warning("symbolic shape inference failed (%s); using ONNX shape inference", e)
         return shape_inference.infer_shapes(m, data_prop=True), placeholders
+
+
+def _symbolic_shapes(m: onnx.ModelProto) -> onnx.ModelProto:
+    """ORT's SymbolicShapeInference driven as its `infer_shapes` does, but keeping a partial result:
+    `infer_shapes` raises on any unresolved tensor and first saves the model into the current
+    directory (sym_shape_infer_temp.onnx); what stays unknown here is listed as `unresolved`."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    inference = SymbolicShapeInference(int_max=2**31 - 1, auto_merge=True, guess_output_rank=False, verbose=0)
+    inference._preprocess(m)
+    while inference.run_:
+        inference._infer_impl()
+    inference._update_output_from_vi()
+    return inference.out_mp_
 
 
 def _shape_table(model: onnx.ModelProto) -> dict[str, list[int] | None]:
@@ -127,7 +139,6 @@ def _node_flops(node: onnx.NodeProto, shapes: dict) -> float | None:
     w = shapes.get(node.input[1])
     if w is None:
         return None
-    group = next((helper.get_attribute_value(x) for x in node.attribute if x.name == "group"), 1)
     if node.op_type == "Conv":  # w: [C_out, C_in / group, k...]
         return 2.0 * float(np.prod(out, dtype=np.int64)) * float(np.prod(w[1:], dtype=np.int64))
     # ConvTranspose, w: [C_in, C_out / group, k...]: every input element meets C_out/group x k weights

@@ -424,12 +424,10 @@ def _size_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**20
 
 
-def _projections(args, manifests: list[dict], positions: list[int]) -> list[dict]:
+def _projections(args, devices: list, manifests: list[dict], positions: list[int]) -> list[dict]:
     """--project: one roofline row per bundle and device (runtime/project.py)."""
-    from runtime.devices import device
     from runtime.project import load_costs, project_row
 
-    devices = [device(n.strip()) for n in args.project.split(",") if n.strip()]
     rows = []
     for bundle, manifest in zip(args.bundles, manifests):
         costs = load_costs(bundle, manifest) if devices else None
@@ -440,8 +438,8 @@ def _projections(args, manifests: list[dict], positions: list[int]) -> list[dict
     return rows
 
 
-def _project_only(args, manifests: list[dict], positions: list[int]) -> int:
-    rows = _projections(args, manifests, positions)
+def _project_only(args, devices: list, manifests: list[dict], positions: list[int]) -> int:
+    rows = _projections(args, devices, manifests, positions)
     meta = {"bundles": [str(b) for b in args.bundles], "date": time.strftime("%Y-%m-%d"), "positions": positions,
             "projected": args.project, "note": "projections only (--no-measure): nothing was run"}
     write_outputs(args.out, rows, meta)
@@ -503,13 +501,11 @@ def _bench(args) -> int:
 
         return soak_main(args)
     backends = backends_for(args.backend, len(args.bundles))
-    if args.no_measure and not args.project:
-        raise InputError("--no-measure needs --project DEVICE")
-    if args.project:
-        from runtime.devices import device
+    from runtime.devices import device
 
-        for name in args.project.split(","):  # unknown names fail before any work
-            device(name.strip())
+    devices = [device(n.strip()) for n in args.project.split(",") if n.strip()]  # unknown ones fail before any work
+    if args.no_measure and not devices:
+        raise InputError("--no-measure needs --project DEVICE")
     from runtime.bundle import open_bundle
 
     manifests = [open_bundle(b, verify_hashes=False).manifest for b in args.bundles]
@@ -519,7 +515,7 @@ def _bench(args) -> int:
                              f"armor-export CHECKPOINT --target gguf --out {bundle}")
     jobs = [(b, _precision(m, k), m, k) for b, m, k in zip(args.bundles, manifests, backends)]
     if args.no_measure:
-        return _project_only(args, manifests, positions)
+        return _project_only(args, devices, manifests, positions)
     threads = args.threads or os.cpu_count() or 1
     bandwidth = read_bandwidth_gbs(threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -549,7 +545,7 @@ def _bench(args) -> int:
             r = _reference(args.checkpoint, work_file, args.threads)
             rows.append({"device": "cpu", "precision": "fp32", "bundle": str(args.checkpoint),
                          "bundle_mb": _size_mb(args.checkpoint), **r})
-    rows += _projections(args, manifests, positions)
+    rows += _projections(args, devices, manifests, positions)
     meta = {"bundles": [str(b) for b in args.bundles], "checkpoint": str(args.checkpoint) if args.checkpoint else None,
             "machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps, "repeats": args.repeats,

@@ -30,6 +30,7 @@ ctypes API (llama-cpp-python 0.3.x); it knows nothing about modes, sampling or g
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import threading
@@ -58,18 +59,16 @@ def _lib():
     return llama_cpp
 
 
+@functools.cache
 def amx_build() -> bool:
     """Whether this llama.cpp uses Intel AMX (a native build on an AMX CPU): then the model is
     loaded without llama.cpp's extra weight buffers (AMX and CPU_REPACK), whose AMX matmul
     crashed here on q8_0 and q4_k_m weights; plain CPU kernels, still AVX-512."""
-    with _INIT:
-        if "amx" not in _LOGS:
-            info = _lib().llama_print_system_info().decode("utf-8", "replace")
-            _LOGS["amx"] = "AMX_INT8 = 1" in info
-            if _LOGS["amx"]:
-                log.info("llama.cpp was built with AMX: loading without its AMX/repacked weight buffers "
-                            "(ggml-org/llama.cpp#20824)")
-    return bool(_LOGS["amx"])
+    amx = "AMX_INT8 = 1" in _lib().llama_print_system_info().decode("utf-8", "replace")
+    if amx:
+        log.info("llama.cpp was built with AMX: loading without its AMX/repacked weight buffers "
+                 "(ggml-org/llama.cpp#20824)")
+    return amx
 
 
 def route_logs() -> None:
