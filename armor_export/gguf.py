@@ -123,6 +123,9 @@ def vocabulary(tokenizer, cfg) -> tuple[list[str], list[int], list[str], str]:
     if name != "gpt-2":
         log.warning("pre-tokenizer %s written as llama.cpp's qwen2 (tokenization inside llama.cpp may differ; "
                     "ARMOR's runtime tokenizes with tokenizers)", pre.get("type"))
+    if spec.get("normalizer"):  # GGUF has no key for it; the runtime tokenizes, llama.cpp gets ids
+        log.info("the tokenizer's normalizer (%s) is not written to text.gguf: ARMOR's runtime applies it, "
+                 "llama.cpp's own tokenizer would not", spec["normalizer"].get("type"))
     return tokens, types, merges, name
 
 

@@ -31,10 +31,13 @@ from training_ref.tokenizer import train_tokenizer
 log = logging.getLogger("armor-train")
 
 # Steps and batch sizes of the shipped `tiny` checkpoint (fixed seed 0; docs/model-card.md says why
-# each); `onestage` gets the WoHG stages' budget (what + how + better) for a fair ablation.
+# each, and how long each takes); `onestage` gets the WoHG stages' budget (what + how + better) for a
+# fair ablation.
 TINY_SCHEDULE = {"vq": (3000, 16), "base": (2500, 32), "what": (1500, 32), "how": (4500, 32),
                  "better": (600, 32)}
-TINY_SCHEDULE["onestage"] = (sum(TINY_SCHEDULE[s][0] for s in train.WOHG), 32)
+_WOHG_STEPS = sum(TINY_SCHEDULE[s][0] for s in train.WOHG)
+TINY_SCHEDULE["onestage"] = (_WOHG_STEPS, round(sum(TINY_SCHEDULE[s][0] * TINY_SCHEDULE[s][1] for s in train.WOHG)
+                                                / _WOHG_STEPS))  # as many steps and samples as WoHG
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -95,9 +98,12 @@ def run(args: argparse.Namespace) -> int:
     for name in stages:
         steps, batch = schedule[name]
         steps = min(steps, args.max_steps) if args.max_steps else steps
+        t_stage = time.time()
         model = train.train_stage(model, tokenizer, train.STAGES[name], args.out / name, steps,
                                   args.batch_size or batch, args.seed, save_every=args.save_every,
                                   save_seconds=args.save_seconds, progress=not args.quiet)
+        log.info("stage %s: %d steps in %.0f s (%.0f s since the start)", name, steps, time.time() - t_stage,
+                 time.time() - t0)
         if name == "base":
             base_model = args.out / name
     final = args.out / "final"
@@ -114,9 +120,11 @@ def run(args: argparse.Namespace) -> int:
         abl, _ = load_checkpoint(base_model)
         steps, batch = schedule["onestage"]
         steps = min(steps, args.max_steps) if args.max_steps else steps
+        t_stage = time.time()
         abl = train.train_stage(abl, tokenizer, train.STAGES["onestage"], args.out / "onestage", steps,
                                 args.batch_size or batch, args.seed, save_every=args.save_every,
                                 save_seconds=args.save_seconds, progress=not args.quiet)
+        log.info("stage onestage: %d steps in %.0f s", steps, time.time() - t_stage)
         if rank == 0:
             save_checkpoint(abl, tokenizer, args.out / "final-onestage", dtype=getattr(torch, args.dtype))
     if rank == 0:

@@ -52,23 +52,50 @@ class Batch:
 
 
 class CodeCache:
-    """Scene -> VQGAN codes of its rendering (the VQGAN is frozen after its own stage)."""
+    """Scene -> VQGAN codes of its rendering (the VQGAN is frozen after its own stage).
+
+    With `local_patches` every patch is encoded on its own, so its code depends on its pixels
+    only: codes are cached per patch content, and a new scene costs the encoder only the
+    patches never seen before (the world's pictures share most patches: background, the same
+    shape in the same cell). Equal to encoding whole images up to float rounding at ties."""
 
     def __init__(self, vqgan, resolution: int, max_items: int = 200_000):
         self.vqgan, self.resolution, self.max_items = vqgan, resolution, max_items
         self.cache: dict[tuple, list[int]] = {}
+        self.patch_codes: dict[bytes, int] = {}
 
     @torch.no_grad()
     def __call__(self, scenes: list[tuple]) -> list[list[int]]:
         todo = [s for s in dict.fromkeys(scenes) if s not in self.cache]
         if todo:
-            pixels = torch.from_numpy(np.stack([to_unit_range(world.render(s, self.resolution), self.resolution)
-                                                for s in todo]))
-            codes = self.vqgan.encode(pixels).flatten(1).tolist()  # [n, h*w]
+            if self.vqgan.config.local_patches:
+                codes = self._by_patch(todo)
+            else:
+                pixels = torch.from_numpy(np.stack([to_unit_range(world.render(s, self.resolution), self.resolution)
+                                                    for s in todo]))
+                codes = self.vqgan.encode(pixels).flatten(1).tolist()  # [n, h*w]
             if len(self.cache) + len(todo) > self.max_items:
                 self.cache.clear()
             self.cache.update(zip(todo, codes))
         return [self.cache[s] for s in scenes]
+
+    def _by_patch(self, scenes: list[tuple]) -> list[list[int]]:
+        f, res = self.vqgan.config.downsample, self.resolution
+        g = res // f
+        images = np.stack([np.asarray(world.render(s, res)) for s in scenes])  # [n, S, S, 3] uint8
+        patches = images.reshape(len(scenes), g, f, g, f, 3).transpose(0, 1, 3, 2, 4, 5).reshape(-1, f, f, 3)
+        keys = [p.tobytes() for p in patches]  # row-major over the grid, as VQGAN.latents unfolds
+        new = {k: i for i, k in enumerate(keys) if k not in self.patch_codes}
+        if new:
+            if len(self.patch_codes) + len(new) > self.max_items:
+                self.patch_codes.clear()
+                new = {k: i for i, k in enumerate(keys)}
+            unit = patches[list(new.values())].astype(np.float32) / 127.5 - 1.0  # to_unit_range's mapping
+            z = self.vqgan.quant_conv(self.vqgan.encoder(torch.from_numpy(unit.transpose(0, 3, 1, 2).copy())))
+            self.patch_codes.update(zip(new, self.vqgan.quantize.codes(z).flatten().tolist()))  # z: [m, D, 1, 1]
+        flat = [self.patch_codes[k] for k in keys]
+        n = g * g
+        return [flat[i * n:(i + 1) * n] for i in range(len(scenes))]
 
 
 def encode_sample(sample: world.Sample, tokenizer, cfg: ArmorConfig, codes: list[int] | None,

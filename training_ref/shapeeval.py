@@ -2,10 +2,10 @@
 
 `detect` turns any square RGB image (a `world.render` output, or a blurry/compressed image
 decoded from VQ codes) back into a scene: each pixel is classified to the nearest palette
-colour (or background when too far from every colour), same-colour pixels are grouped into
-8-connected components, tiny components are dropped, and each component gets a shape, a
-position (grid cell of its centroid) and a size from blur-tolerant moments of its colour's
-soft coverage around it (see `classify_blob`).
+colour (or background when too far from every colour), coloured pixels are grouped into
+8-connected components, tiny components are dropped, and each component takes the colour most
+of its pixels have and gets a shape, a position (grid cell of its centroid) and a size from
+blur-tolerant moments of that colour's soft coverage around it (see `classify_blob`).
 
 The scorers compare detections with the scene a prompt asked for (GenEval-style t2i
 scores), answers with references (VQA exact match), and a t2ti reply's text with its image.
@@ -15,13 +15,15 @@ nothing about models, tokens or torch.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
+from typing import Union
 
 import numpy as np
 from PIL import Image
 
-from training_ref.world import BACKGROUND, COLOURS, POSITIONS, Obj, Scene, canonical, parse_description
+from training_ref.world import BACKGROUND, COLOURS, POSITIONS, Obj, Request, Scene, Want, canonical, parse_description
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ _NEIGHBOURS = ((0, 1), (1, 0), (1, 1), (1, -1))  # with their opposites: 8-conne
 
 
 def classify_pixels(pixels: np.ndarray) -> np.ndarray:
-    """(H, W) int map: palette index 0..4 for coloured pixels, -1 for background."""
+    """(H, W) int map: palette index for coloured pixels, -1 for background."""
     flat = pixels.reshape(-1, 3).astype(np.float32)
     dist2 = ((flat[:, None, :] - _PALETTE[None, :, :]) ** 2).sum(axis=2)
     nearest = dist2.argmin(axis=1)
@@ -139,9 +141,9 @@ def classify_blob(alpha: np.ndarray, cell: float, origin: tuple[int, int] = (0, 
 def detect(image: Image.Image) -> Scene:
     """Objects in a square RGB image of any size, in canonical order (see module docstring).
 
-    Components come from the hard per-pixel colour classes; each component's features are
-    measured on the soft coverage of its colour in a window around its bounding box, with
-    the pixels of other components masked out.
+    Components are the connected coloured regions; each takes the colour most of its pixels
+    are nearest to, and its features are measured on the soft coverage of that colour in a
+    window around its bounding box, with the pixels of other components masked out.
     """
     pixels = np.asarray(image.convert("RGB"))
     h, w = pixels.shape[:2]
@@ -149,7 +151,12 @@ def detect(image: Image.Image) -> Scene:
         raise ValueError(f"detect needs a square image, got {w}x{h}")
     cell = h / 3.0
     classes = classify_pixels(pixels)
-    labels = label_components(classes)
+    # objects sit in distinct cells with background between them: a component is any connected
+    # coloured region, whatever the colours of its pixels (a blurred edge of one colour can lie
+    # nearer another palette colour), and its colour is the one most of its pixels have,
+    # weighted by how far from white they are (the edge counts least)
+    labels = label_components(np.where(classes >= 0, 0, -1))
+    strength = np.linalg.norm(pixels.astype(np.float32) - np.array(BACKGROUND, np.float32), axis=-1).ravel()
     flat_labels = labels.ravel()
     fg = np.flatnonzero(flat_labels >= 0)
     if len(fg) == 0:
@@ -159,10 +166,12 @@ def detect(image: Image.Image) -> Scene:
     margin = max(2, int(round(WINDOW_MARGIN * cell)))
     objs = []
     for k in np.flatnonzero(counts >= min_area):
-        ys, xs = np.divmod(fg[inverse == k], w)
+        members = fg[inverse == k]
+        ys, xs = np.divmod(members, w)
         y0, y1 = max(int(ys.min()) - margin, 0), min(int(ys.max()) + margin + 1, h)
         x0, x1 = max(int(xs.min()) - margin, 0), min(int(xs.max()) + margin + 1, w)
-        colour = _PALETTE_NAMES[int(classes.ravel()[ids[k]])]
+        votes = np.bincount(classes.ravel()[members], weights=strength[members], minlength=len(_PALETTE_NAMES))
+        colour = _PALETTE_NAMES[int(votes.argmax())]
         alpha = coverage(pixels[y0:y1, x0:x1], colour)
         window_labels = labels[y0:y1, x0:x1]
         alpha[(window_labels >= 0) & (window_labels != ids[k])] = 0.0
@@ -176,69 +185,92 @@ def detect(image: Image.Image) -> Scene:
 # ----------------------------------------------------------------------------- scores
 
 
-def _agreement(spec: Obj, det: Obj) -> int:
-    return int(spec.colour == det.colour) + int(spec.shape == det.shape) + int(spec.size == det.size)
+Spec = Union[Scene, Request]  # a full scene, or what a prompt states (sizes, positions optional)
 
 
-def match_objects(spec: Sequence[Obj], dets: Sequence[Obj]) -> list[Obj | None]:
-    """For each spec object (in order), its matched detection or None. See `score_t2i`."""
-    free = list(range(len(dets)))
-    matched: list[Obj | None] = [None] * len(spec)
-    # Pass 1: same cell; among several detections in that cell, the best attribute agreement.
-    for i, s in enumerate(spec):
-        same_cell = [j for j in free if dets[j].position == s.position]
-        if same_cell:
-            j = max(same_cell, key=lambda j: (_agreement(s, dets[j]), -j))
-            matched[i] = dets[j]
-            free.remove(j)
-    # Pass 2: remaining spec objects take the free detection agreeing best on (colour, shape, size).
-    for i, s in enumerate(spec):
-        if matched[i] is None and free:
-            j = max(free, key=lambda j: (_agreement(s, dets[j]), -j))
-            matched[i] = dets[j]
+def _wants(spec: Spec) -> list[Want]:
+    return [o if isinstance(o, Want) else Want.of(o) for o in spec]
+
+
+def _agreement(w: Want, d: Obj) -> int:
+    """Attributes of `d` that agree with what `w` states; a stated position counts double (the
+    cell decides the match first)."""
+    return (int(w.colour == d.colour) + int(w.shape == d.shape) + int(w.size is not None and w.size == d.size)
+            + 2 * int(w.position is not None and w.position == d.position))
+
+
+def _fits(w: Want, d: Obj) -> bool:
+    """All-correct's test: shape and colour right, and the position when stated (size not part)."""
+    return w.shape == d.shape and w.colour == d.colour and w.position in (None, d.position)
+
+
+def match_objects(spec: Spec, dets: Sequence[Obj]) -> list[Obj | None]:
+    """For each spec object (in order), its matched detection or None: the assignment of
+    distinct detections with the most agreement (ties: the earlier detections). Exhaustive for
+    up to 7 detections, greedy beyond (a picture of the world holds at most 3 objects)."""
+    wants = _wants(spec)
+    if len(dets) <= 7:
+        k = min(len(wants), len(dets))
+        best, best_score = (), -1
+        for chosen in itertools.permutations(range(len(dets)), k):
+            score = sum(_agreement(w, dets[j]) for w, j in zip(wants, chosen))
+            if score > best_score:
+                best, best_score = chosen, score
+        return [dets[j] for j in best] + [None] * (len(wants) - k)
+    free, matched = list(range(len(dets))), []
+    for w in wants:
+        j = max(free, key=lambda j: (_agreement(w, dets[j]), -j)) if free else None
+        matched.append(None if j is None else dets[j])
+        if j is not None:
             free.remove(j)
     return matched
 
 
-def _core(objs: Sequence[Obj]) -> list[tuple[str, str, str]]:
-    return sorted((o.shape, o.colour, o.position) for o in objs)
+def fulfils(spec: Spec, dets: Sequence[Obj]) -> bool:
+    """True when the detections are exactly what the spec asks for: as many, and some pairing
+    gives every spec object a detection that `_fits` it."""
+    wants = _wants(spec)
+    if len(dets) != len(wants):
+        return False
+    return any(all(_fits(w, dets[j]) for w, j in zip(wants, order))
+               for order in itertools.permutations(range(len(dets))))
 
 
-def score_t2i(specs: Sequence[Scene], images: Sequence[Image.Image]) -> dict[str, float]:
-    """GenEval-style scores of generated images against the scenes their prompts described.
+def score_t2i(specs: Sequence[Spec], images: Sequence[Image.Image]) -> dict[str, float]:
+    """GenEval-style scores of generated images against what their prompts asked for.
 
-    Each image is run through `detect`. Matching, per image: every spec object (in canonical
-    order) first takes an unused detection in its own grid cell (the one agreeing on most of
-    colour/shape/size if several); spec objects left over then take, in order, the unused
-    detection agreeing on most of colour/shape/size (ties: the earlier detection); spec objects
-    still unmatched (too few detections) count as wrong on every attribute.
+    A spec is a full scene or a `Request` (shape and colour of every object; size and position
+    where the prompt states them). Each image is run through `detect` and matched with
+    `match_objects`; spec objects left unmatched (too few detections) count as wrong.
 
     Returns fractions in [0, 1]:
-      colour, shape, size, position: over all spec objects, the matched detection has that
-        attribute right (position = same cell);
+      colour, shape: over all spec objects, the matched detection has it right;
+      size, position: the same over the spec objects that state it;
       count: over images, the number of detections equals the number of spec objects;
-      all_correct: over images, the detections equal the spec exactly as multisets of
-        (shape, colour, position) (size is not part of it);
+      all_correct: over images, `fulfils` (size is not part of it);
     plus n_images and n_objects.
     """
     if len(specs) != len(images):
         raise ValueError(f"{len(specs)} specs but {len(images)} images")
     hits = {"colour": 0, "shape": 0, "size": 0, "position": 0}
+    stated = {"size": 0, "position": 0}
     n_objects = count_ok = all_ok = 0
     for spec, image in zip(specs, images):
-        spec = canonical(spec)
         dets = detect(image)
-        for s, d in zip(spec, match_objects(spec, dets)):
+        wants = _wants(spec)
+        for w, d in zip(wants, match_objects(wants, dets)):
             n_objects += 1
+            stated["size"] += w.size is not None
+            stated["position"] += w.position is not None
             if d is not None:
-                hits["colour"] += s.colour == d.colour
-                hits["shape"] += s.shape == d.shape
-                hits["size"] += s.size == d.size
-                hits["position"] += s.position == d.position
-        count_ok += len(dets) == len(spec)
-        all_ok += _core(dets) == _core(spec)
+                hits["colour"] += w.colour == d.colour
+                hits["shape"] += w.shape == d.shape
+                hits["size"] += w.size is not None and w.size == d.size
+                hits["position"] += w.position is not None and w.position == d.position
+        count_ok += len(dets) == len(wants)
+        all_ok += fulfils(wants, dets)
     n_images = len(specs)
-    scores = {k: v / max(n_objects, 1) for k, v in hits.items()}
+    scores = {k: v / max(n_objects if k in ("colour", "shape") else stated[k], 1) for k, v in hits.items()}
     scores["count"] = count_ok / max(n_images, 1)
     scores["all_correct"] = all_ok / max(n_images, 1)
     scores["n_images"] = float(n_images)
@@ -265,6 +297,10 @@ def vqa_accuracy(predictions: Sequence[str], answers: Sequence[str]) -> float:
     return right / len(answers)
 
 
+def _core(objs: Sequence[Obj]) -> list[tuple[str, str, str]]:
+    return sorted((o.shape, o.colour, o.position) for o in objs)
+
+
 def t2ti_consistency(text_before: str, image: Image.Image) -> bool:
     """True when the scene parsed from the text before the image equals the detected scene
     on (shape, colour, position); False when the text names no object."""
@@ -276,5 +312,5 @@ def t2ti_consistency(text_before: str, image: Image.Image) -> bool:
 
 __all__ = [
     "classify_pixels", "label_components", "coverage", "classify_blob", "detect", "match_objects",
-    "score_t2i", "normalize_answer", "vqa_accuracy", "t2ti_consistency",
+    "fulfils", "score_t2i", "normalize_answer", "vqa_accuracy", "t2ti_consistency",
 ]

@@ -1,13 +1,16 @@
 """Training stages: the VQGAN, the base MLLM, and ARMOR's WoHG steps (plus the 1-stage ablation).
 
 WoHG ("what or how to generate", docs/design.md): decoder layers and the original embeddings are
-always frozen, the new embeddings always train, and
+always frozen, and
 
     stage   trainable                                   loss
-    what    text head                                   text CE            (alpha=1, beta=0)
+    what    new embeddings + text head                  text CE            (alpha=1, beta=0)
     how     adapter + visual head                       image CE           (alpha=0, beta=1)
-    better  text head + adapter + visual head           alpha*text + beta*image, interleaved
+    better  new embeddings + text head + adapter + visual head   alpha*text + beta*image, interleaved
     onestage (ablation) the `better` set from the base model, all data at once
+
+`how` leaves the new embeddings to `what` and `better`: with nothing below the adapter
+training, the frozen decoder runs forward only (its backward was about 40% of a `how` step).
 
 `vq` trains the VQGAN alone (L1 + L2 reconstruction + codebook/commitment; dead codes are
 re-seeded from encoder outputs). `base` trains the whole MLLM on understanding (t2t, ti2t):
@@ -82,7 +85,7 @@ STAGES = {
                   (("t2t", 0.35), ("ti2t", 0.65)), 2e-3),
     "what": Stage("what", ("new_embeddings", "text_head"), 1.0, 0.0,
                   (("t2t", 0.1), ("ti2t", 0.3), ("t2i", 0.3), ("t2ti", 0.3)), 2e-3),
-    "how": Stage("how", ("new_embeddings", "adapter", "visual_head"), 0.0, 1.0,
+    "how": Stage("how", ("adapter", "visual_head"), 0.0, 1.0,
                  (("t2i", 0.6), ("t2ti", 0.4)), 2e-3, p_uncond=0.1, curriculum=CURRICULUM),
     "better": Stage("better", ("new_embeddings", "text_head", "adapter", "visual_head"), 1.0, 1.0,
                     (("t2t", 0.1), ("ti2t", 0.3), ("t2i", 0.2), ("t2ti", 0.4)), 5e-4, p_uncond=0.1),
@@ -116,9 +119,16 @@ class ArmorLoss(torch.nn.Module):
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         m, cfg = self.model, self.model.config
-        image_embeds = m.encode_images(batch.pixel_values) if batch.pixel_values is not None else None
-        x = m.embed(batch.ids, image_embeds)  # [B, T, H]
-        hidden, _ = m.decode(x, batch.attention_mask, batch.position_ids)  # [B, T, H]
+        ids, mask, pos = batch.ids, batch.attention_mask, batch.position_ids
+        if not self.alpha and len(batch.image_rows):  # image loss only: nothing after the last segment matters
+            end = int(batch.image_starts.max()) + cfg.n_grid + 1  # causal and right-padded: exact
+            ids, mask, pos = ids[:, :end], mask[:, :end], pos[:, :end]
+        # nothing below the adapter trains (`how`): the frozen decoder runs without a graph
+        upstream = [*m.embedding.parameters(), *m.mllm.model.parameters()]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in upstream)):
+            image_embeds = m.encode_images(batch.pixel_values) if batch.pixel_values is not None else None
+            x = m.embed(ids, image_embeds)  # [B, T, H]
+            hidden, _ = m.decode(x, mask, pos)  # [B, T, H]
         loss, stats = hidden.new_zeros(()), {}
         if self.alpha:
             sel = batch.text_labels != IGNORE  # [B, T]
@@ -132,8 +142,10 @@ class ArmorLoss(torch.nn.Module):
             rel = torch.arange(length)[None] - batch.image_starts[:, None]  # [B_img, L]
             context = m.adapter.context_start + torch.arange(length)[None]  # right padding: token t is context t
             positions = torch.where((rel >= 0) & (rel <= cfg.n_grid), rel, context)
-            logits, _ = m.image_logits(hidden[batch.image_rows, :length], positions)  # [B_img, L, n_codes + 2]
-            logits = logits[torch.arange(len(offsets))[:, None], offsets]  # [B_img, N+1, n_codes + 2]
+            x, _ = m.adapter(hidden[batch.image_rows, :length], positions)  # [B_img, L, H]
+            # the visual head (m.image_logits' second half) only where a target is: the segment
+            x = x[torch.arange(len(offsets))[:, None], offsets]  # [B_img, N+1, H]
+            logits = m.visual_head(x)  # [B_img, N+1, n_codes + 2]
             image = F.cross_entropy(logits.flatten(0, 1), batch.image_labels.flatten())
             loss = loss + self.beta * image
             stats["image"] = image.item()

@@ -77,6 +77,24 @@ Scene = tuple[Obj, ...]
 AnswerPart = Union[str, Scene]
 
 
+@dataclass(frozen=True)
+class Want:
+    """One object a prompt asks for: shape and colour always, size and position when stated."""
+
+    shape: str
+    colour: str
+    size: str | None = None
+    position: str | None = None
+
+    @classmethod
+    def of(cls, obj: Obj) -> "Want":
+        """The fully stated request for `obj`."""
+        return cls(obj.shape, obj.colour, obj.size, obj.position)
+
+
+Request = tuple[Want, ...]  # what a drawing prompt states of the scene it asks for
+
+
 def _obj_key(obj: Obj) -> tuple[int, str, str, str]:
     return (POSITION_INDEX[obj.position], obj.shape, obj.colour, obj.size)
 

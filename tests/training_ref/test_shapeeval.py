@@ -147,3 +147,20 @@ def test_every_vqa_answer_agrees_with_the_detector() -> None:
         predictions.append(_answer_from_detections(s.prompt, shapeeval.detect(world.render(s.image, 64))))
         answers.append(s.answer[0])
     assert shapeeval.vqa_accuracy(predictions, answers) == 1.0
+
+
+def test_partial_requests_score_what_they_state() -> None:
+    from training_ref.world import Want
+
+    a, b = Obj("circle", "red", "top left", "large"), Obj("square", "blue", "center", "small")
+    image = world.render((a, b), 64)
+    dets = shapeeval.detect(image)
+    assert shapeeval.fulfils((Want("circle", "red"), Want("square", "blue", position="center")), dets)
+    assert shapeeval.fulfils((Want("square", "blue", "large"), Want("circle", "red")), dets)  # size not in all-correct
+    assert not shapeeval.fulfils((Want("circle", "red"), Want("square", "blue", position="top")), dets)
+    assert not shapeeval.fulfils((Want("circle", "red"),), dets)  # one extra object
+    two = world.render((Obj("square", "blue", "left", "small"), Obj("square", "blue", "bottom right", "large")), 64)
+    assert shapeeval.fulfils((Want("square", "blue"), Want("square", "blue")), shapeeval.detect(two))
+    assert not shapeeval.fulfils((Want("square", "blue"), Want("square", "blue")), dets)
+    s = shapeeval.score_t2i([(Want("circle", "red", "small"), Want("square", "blue", position="top"))], [image])
+    assert (s["colour"], s["shape"], s["size"], s["position"], s["count"], s["all_correct"]) == (1, 1, 0, 0, 1, 0)
