@@ -91,8 +91,9 @@ class CodeCache:
                 self.patch_codes.clear()
                 new = {k: i for i, k in enumerate(keys)}
             unit = patches[list(new.values())].astype(np.float32) / 127.5 - 1.0  # to_unit_range's mapping
-            z = self.vqgan.quant_conv(self.vqgan.encoder(torch.from_numpy(unit.transpose(0, 3, 1, 2).copy())))
-            self.patch_codes.update(zip(new, self.vqgan.quantize.codes(z).flatten().tolist()))  # z: [m, D, 1, 1]
+            # each patch is an f x f image of its own: one code each
+            codes = self.vqgan.encode(torch.from_numpy(unit.transpose(0, 3, 1, 2).copy()))  # [m, 1, 1]
+            self.patch_codes.update(zip(new, codes.flatten().tolist()))
         flat = [self.patch_codes[k] for k in keys]
         n = g * g
         return [flat[i * n:(i + 1) * n] for i in range(len(scenes))]
