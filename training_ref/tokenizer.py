@@ -3,7 +3,8 @@
 Special tokens come first, with ids 0..5 in the order of `runtime.constants.SPECIAL_TEXT_TOKENS`
 (`<|endoftext|>`, `<|im_start|>`, `<|im_end|>`, `<img>`, `</img>`, `<IMG_CONTEXT>`); then the
 256 byte symbols and the merges. ByteLevel pre-tokenizer and decoder without a prefix space,
-so `decode(encode(x).ids) == x` for any string. No post-processor: nothing is added around
+so `decode(encode(x).ids) == normalize(x)`: the normalizer (`normalizer`) lowercases and folds
+spaces first. No post-processor: nothing is added around
 an encoded text (the chat template, `runtime.chat.format_chat`, writes every special token).
 
 It knows the world's corpus and the special token names; it does not know ARMOR's extra
@@ -17,7 +18,7 @@ import json
 import logging
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from runtime.chat import CHAT_TEMPLATE_JINJA
 from runtime.constants import ENDOFTEXT, IM_END, SPECIAL_TEXT_TOKENS, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
@@ -35,6 +36,7 @@ def train_tokenizer(vocab_size: int = 512, n_texts: int = 20000, seed: int = 0) 
     if vocab_size < min_size:
         raise ValueError(f"vocab_size must be at least {min_size} (special tokens + 256 bytes), got {vocab_size}")
     tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizer()
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -54,6 +56,22 @@ def train_tokenizer(vocab_size: int = 512, n_texts: int = 20000, seed: int = 0) 
     log.info("trained a byte-level BPE: %d tokens from %d texts (seed %d)",
              tokenizer.get_vocab_size(), n_texts, seed)
     return tokenizer
+
+
+def normalizer() -> normalizers.Normalizer:
+    """NFKC, lowercase, every run of spaces and tabs one space, none next to a newline or at
+    either end of the text between two special tokens.
+
+    Case and spacing carry no meaning in the world. Newlines stay: the chat template's line
+    structure is part of the prompt. Special tokens are split off before normalization, so
+    `<|im_start|>` and friends are untouched."""
+    return normalizers.Sequence([
+        normalizers.NFKC(),
+        normalizers.Lowercase(),
+        normalizers.Replace(Regex(r"[ \t]+"), " "),
+        normalizers.Replace(Regex(r" ?\n ?"), "\n"),
+        normalizers.Replace(Regex(r"\A | \z"), ""),
+    ])
 
 
 def tokenizer_config(num_image_tokens: int | None = None) -> dict:

@@ -1,6 +1,7 @@
 """The bundle's `text/` folder in onnxruntime-genai: it opens as a model, greedy generation gives
 PyTorch's tokens, and genai's tokenizer (onnxruntime-extensions) matches the `tokenizers` one."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import torch  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 from runtime.chat import format_chat  # noqa: E402
-from runtime.constants import TOKENIZER_FILE  # noqa: E402
+from runtime.constants import SPECIAL_TEXT_TOKENS, TOKENIZER_FILE  # noqa: E402
 
 N_NEW = 12
 SAMPLES = [
@@ -99,6 +100,13 @@ def test_genai_greedy_matches_pytorch(bundle):
     assert got == ref
 
 
+def _normalized(hf: Tokenizer, text: str) -> str:
+    """`text` as the tokenizer sees it: the normalizer applied between special tokens."""
+    specials = "|".join(re.escape(t) for t in SPECIAL_TEXT_TOKENS)
+    return "".join(p if p in SPECIAL_TEXT_TOKENS else hf.normalizer.normalize_str(p)
+                   for p in re.split(f"({specials})", text) if p)
+
+
 @pytest.mark.slow
 def test_genai_tokenizer_matches_tokenizers(bundle):
     _, out = bundle
@@ -106,8 +114,13 @@ def test_genai_tokenizer_matches_tokenizers(bundle):
     hf = Tokenizer.from_file(str(text_dir / TOKENIZER_FILE))
     tok = og.Tokenizer(og.Model(str(text_dir)))
     prompt = format_chat([{"role": "user", "content": "Draw a red circle."}], 16)
+    # genai's tokenizer (0.18) does not apply tokenizer.json's normalizer (lowercase, NFKC,
+    # spaces), as llama.cpp's does not: on normalized text the ids are the same, and a genai
+    # caller normalizes first (docs/design.md). If genai starts applying it, the second
+    # assertion fails and the docs' caveat can go.
     for s in [prompt, *SAMPLES]:
-        assert [int(i) for i in tok.encode(s)] == hf.encode(s).ids, repr(s)
+        assert [int(i) for i in tok.encode(_normalized(hf, s))] == hf.encode(s).ids, repr(s)
+    assert [int(i) for i in tok.encode("Hello  World")] != hf.encode("Hello  World").ids
     # genai's decode skips special tokens by default, like `skip_special_tokens=True`. (An id
     # list of only special tokens then decodes to "\ufffd" rather than "" in 0.18: not compared.)
     for s in [prompt, " leading space", "a<|im_end|>b", "héllo wörld — ✓ 日本語 🎉"]:
@@ -117,4 +130,4 @@ def test_genai_tokenizer_matches_tokenizers(bundle):
     tok.update_options(skip_special_tokens="false")
     for s in [prompt, *SAMPLES]:
         ids = hf.encode(s).ids
-        assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=False) == s, repr(s)
+        assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=False) == _normalized(hf, s), repr(s)

@@ -27,16 +27,29 @@ def test_vocab_size_and_special_ids(tok: Tokenizer) -> None:
         assert tok.encode(f"a{name}b", add_special_tokens=False).ids.count(i) == 1
 
 
-def test_roundtrip(tok: Tokenizer) -> None:
+def test_roundtrip_is_lossless_up_to_the_normalizer(tok: Tokenizer) -> None:
     texts = list(world.corpus_text(300, seed=99)) + [
-        "Ünïcödé ✓ 🎨 — tabs\tand\nnewlines  double  spaces ",
-        " leading space", "",
+        "ünïcödé ✓ 🎨 — tabs and\nnewlines double spaces",
+        "", "what is 3 plus 4?",
         format_chat([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "how many shapes are there?"}]},
                      {"role": "assistant", "content": "2"}], n_image_tokens=16),
     ]
-    for text in texts:
+    for text in texts:  # already normal: lowercase, single spaces
         ids = tok.encode(text, add_special_tokens=False).ids
         assert tok.decode(ids, skip_special_tokens=False) == text
+
+
+@pytest.mark.parametrize("raw", [
+    "Draw a GREEN triangle in the Top Right.", "  draw a green   triangle\tin the top right.  ",
+    "ＤＲＡＷ a green triangle in the top right.",  # fullwidth letters: NFKC
+])
+def test_case_width_and_spacing_do_not_matter(tok: Tokenizer, raw: str) -> None:
+    expected = tok.encode("draw a green triangle in the top right.", add_special_tokens=False).ids
+    assert tok.encode(raw, add_special_tokens=False).ids == expected
+    chat = format_chat([{"role": "user", "content": raw}], n_image_tokens=16)
+    assert tok.encode(chat).ids == tok.encode(format_chat([{"role": "user", "content": "draw a green triangle in the "
+                                                                          "top right."}], 16)).ids
+    assert tok.encode(chat).tokens[:3] == ["<|im_start|>", "user", "Ċ"]  # special tokens, newline kept
 
 
 def test_world_words_are_compact(tok: Tokenizer) -> None:
