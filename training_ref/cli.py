@@ -33,8 +33,8 @@ log = logging.getLogger("armor-train")
 # Steps and batch sizes of the shipped `tiny` checkpoint (fixed seed 0; docs/model-card.md says why
 # each, and how long each takes); `onestage` gets the WoHG stages' budget (what + how + better) for a
 # fair ablation.
-TINY_SCHEDULE = {"vq": (3000, 16), "base": (2500, 32), "what": (1500, 32), "how": (4500, 32),
-                 "better": (600, 32)}
+TINY_SCHEDULE = {"vq": (3000, 16), "base": (2400, 32), "what": (400, 32), "how": (4500, 16),
+                 "better": (400, 32)}
 _WOHG_STEPS = sum(TINY_SCHEDULE[s][0] for s in train.WOHG)
 TINY_SCHEDULE["onestage"] = (_WOHG_STEPS, round(sum(TINY_SCHEDULE[s][0] * TINY_SCHEDULE[s][1] for s in train.WOHG)
                                                 / _WOHG_STEPS))  # as many steps and samples as WoHG

@@ -2,11 +2,14 @@
 
     python -m training_ref.evaluate CKPT [CKPT ...] [--names base wohg ...] [--json OUT]
 
-Per checkpoint: VQA exact-match accuracy (understanding), ShapeEval on held-out t2i prompts
-(per attribute and all-correct), and interleaved t2ti prompts answered as text + image + text
-whose image matches the text before it. Generation is the PyTorch reference, greedy, with
-the checkpoint's default classifier-free guidance (`--cfg-scale` overrides). This module knows the world's evaluation sets and the scorers; it
-is reused by the runtime's and calibration's parity checks through `score_outputs`.
+Per checkpoint, on held-out scenes, each set twice (the templates training sees, and the
+held-out paraphrase templates): VQA exact-match accuracy (understanding), t2t arithmetic exact
+match, ShapeEval on t2i prompts (per attribute and all-correct against what the prompt asked),
+and interleaved t2ti prompts answered as text + image + text whose image matches the text
+before it. Generation is the PyTorch reference, greedy, with the checkpoint's default
+classifier-free guidance (`--cfg-scale` overrides). This module knows the world's evaluation
+sets and the scorers; it is reused by the runtime's and calibration's parity checks through
+`score_outputs`.
 """
 
 from __future__ import annotations
@@ -34,40 +37,72 @@ def messages_for(sample: world.Sample, size: int = 64) -> list[dict]:
     return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": sample.prompt}]}]
 
 
+def _spec(sample: world.Sample):
+    """What a drawing sample asked for: its request, or the whole scene when it names none."""
+    return sample.request if sample.request is not None else next(p for p in sample.answer if not isinstance(p, str))
+
+
 def score_outputs(kind: str, samples: list[world.Sample], outputs: list[list]) -> dict:
-    """Score generated outputs (interleaved lists of str and PIL images) of one evaluation set."""
-    if kind == "vqa":
+    """Score generated outputs (interleaved lists of str and PIL images) of one evaluation set.
+
+    `kind` is a set's name without its `_paraphrase` suffix: vqa, arithmetic (exact match of
+    the first text; `text_only`: answers without an image), t2i (ShapeEval of the first image
+    against the request) or t2ti (text + image + text, the image matching the text before it,
+    and, for prompts that state objects, the image fulfilling them)."""
+    kind = kind.removesuffix("_paraphrase")
+    if kind in ("vqa", "arithmetic"):
         preds = [next((p for p in out if isinstance(p, str)), "") for out in outputs]
-        return {"vqa_accuracy": shapeeval.vqa_accuracy(preds, [s.answer[0] for s in samples]), "n": len(samples)}
+        scores = {f"{kind}_accuracy": shapeeval.vqa_accuracy(preds, [s.answer[0] for s in samples]), "n": len(samples)}
+        if kind == "arithmetic":
+            scores["text_only"] = sum(all(isinstance(p, str) for p in o) for o in outputs) / max(len(outputs), 1)
+        return scores
     if kind == "t2i":
         specs, images = [], []
         for s, out in zip(samples, outputs):
             img = next((p for p in out if isinstance(p, Image.Image)), None)
-            specs.append(s.answer[0])
+            specs.append(_spec(s))
             images.append(img if img is not None else Image.new("RGB", (64, 64), "white"))
         scores = shapeeval.score_t2i(specs, images)
         scores["image_rate"] = sum(any(isinstance(p, Image.Image) for p in o) for o in outputs) / len(outputs)
         return scores
     if kind == "t2ti":
-        shaped = consistent = 0
-        for out in outputs:
+        shaped = consistent = fulfilled = asked = 0
+        for s, out in zip(samples, outputs):
             kinds = ["image" if isinstance(p, Image.Image) else "text" for p in out]
+            asked += s.request is not None
             if kinds == ["text", "image", "text"]:
                 shaped += 1
                 consistent += shapeeval.t2ti_consistency(out[0], out[1])
-        return {"text_image_text": shaped / len(outputs), "consistent": consistent / len(outputs), "n": len(outputs)}
+                if s.request is not None:
+                    fulfilled += shapeeval.fulfils(s.request, shapeeval.detect(out[1]))
+        return {"text_image_text": shaped / len(outputs), "consistent": consistent / len(outputs),
+                "fulfils_request": fulfilled / max(asked, 1), "n": len(outputs)}
     raise ValueError(f"unknown evaluation set {kind!r}")
 
 
-def evaluation_sets(n_vqa: int = 200, n_t2i: int = 200, n_t2ti: int = 20) -> dict[str, list[world.Sample]]:
-    return {"vqa": world.heldout_vqa(n_vqa), "t2i": world.heldout_t2i(n_t2i), "t2ti": world.heldout_t2ti(n_t2ti)}
+SET_NAMES = ("vqa", "t2i", "t2ti", "arithmetic", "vqa_paraphrase", "t2i_paraphrase", "t2ti_paraphrase",
+             "arithmetic_paraphrase")
+_BUILDERS = {"vqa": world.heldout_vqa, "t2i": world.heldout_t2i, "t2ti": world.heldout_t2ti,
+             "arithmetic": world.heldout_arithmetic}
+BUDGETS = {"vqa": 24, "arithmetic": 24, "t2i": 64, "t2ti": 96}  # text tokens (an image always completes)
+
+
+def evaluation_sets(n_vqa: int = 200, n_t2i: int = 200, n_t2ti: int = 200, n_arithmetic: int = 0,
+                    paraphrase: bool = False) -> dict[str, list[world.Sample]]:
+    """The fixed held-out sets by name (sets of size 0 left out); with paraphrase=True the
+    `_paraphrase` twins too (held-out templates, language.PARAPHRASE_*), of the same sizes."""
+    sizes = {"vqa": n_vqa, "t2i": n_t2i, "t2ti": n_t2ti, "arithmetic": n_arithmetic}
+    sets = {k: _BUILDERS[k](n) for k, n in sizes.items() if n}
+    if paraphrase:
+        sets.update({f"{k}_paraphrase": _BUILDERS[k](n, paraphrase=True) for k, n in sizes.items() if n})
+    return sets
 
 
 def evaluate(generate_fn, sets: dict[str, list[world.Sample]], label: str = "") -> dict:
     """`generate_fn(messages, max_new_tokens) -> interleaved list`; returns scores per set."""
     report = {}
     for kind, samples in sets.items():
-        budget = 24 if kind == "vqa" else 64
+        budget = BUDGETS[kind.removesuffix("_paraphrase")]
         outs = [generate_fn(messages_for(s), budget) for s in tqdm(samples, desc=f"{label} {kind}".strip())]
         report[kind] = score_outputs(kind, samples, outs)
     return report
@@ -81,11 +116,11 @@ def vq_ceiling(model, samples: list[world.Sample]) -> dict:
     from runtime.image import pixels_to_image, to_unit_range
 
     res = model.config.vqgan["resolution"]
-    specs = [s.answer[0] for s in samples]
+    specs = [s.answer[0] for s in samples]  # the target scenes, scored against what was asked
     with torch.no_grad():
         pixels = torch.from_numpy(np.stack([to_unit_range(world.render(sc, res), res) for sc in specs]))
         recon = model.vqgan.decode(model.vqgan.encode(pixels))
-    return shapeeval.score_t2i(specs, [pixels_to_image(r.numpy()) for r in recon])
+    return shapeeval.score_t2i([_spec(s) for s in samples], [pixels_to_image(r.numpy()) for r in recon])
 
 
 def main(argv=None) -> int:
@@ -99,24 +134,30 @@ def main(argv=None) -> int:
     p.add_argument("--names", nargs="*")
     p.add_argument("--n-vqa", type=int, default=200)
     p.add_argument("--n-t2i", type=int, default=200)
-    p.add_argument("--n-t2ti", type=int, default=20)
+    p.add_argument("--n-t2ti", type=int, default=200)
+    p.add_argument("--n-arithmetic", type=int, default=200)
+    p.add_argument("--no-paraphrase", action="store_true", help="in-distribution sets only")
+    p.add_argument("--sets", nargs="+", choices=SET_NAMES, help="only these sets (default: all)")
     p.add_argument("--cfg-scale", type=float, help="guidance scale (default: each checkpoint's own)")
-    p.add_argument("--skip-generation", action="store_true", help="VQA only (e.g. for the base model)")
+    p.add_argument("--skip-generation", action="store_true", help="VQA and arithmetic only (as for `base`)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
     names = args.names or [c.name for c in args.checkpoints]
-    sets = evaluation_sets(args.n_vqa, args.n_t2i, args.n_t2ti)
+    sets = evaluation_sets(args.n_vqa, args.n_t2i, args.n_t2ti, args.n_arithmetic, not args.no_paraphrase)
+    if args.sets:
+        sets = {k: v for k, v in sets.items() if k in args.sets}
     results = {}
     for name, ckpt in zip(names, args.checkpoints):
         model, tok = load_checkpoint(ckpt)
-        chosen = {"vqa": sets["vqa"]} if args.skip_generation or name == "base" else sets
+        understanding = {k: v for k, v in sets.items() if k.startswith(("vqa", "arithmetic"))}
+        chosen = understanding if args.skip_generation or name == "base" else sets
         t0 = time.time()
         fn = lambda msgs, n: generate(model, tok, msgs, max_new_tokens=n, cfg_scale=args.cfg_scale,  # noqa: E731
                                       sampling=SamplingParams())
         results[name] = evaluate(fn, chosen, name)
-        if "t2i" in chosen:
+        if "t2i" in chosen:  # the ceiling of the in-distribution set
             results[name]["vq_reconstruction"] = vq_ceiling(model, chosen["t2i"])
         results[name]["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(results, indent=2))

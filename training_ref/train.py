@@ -5,12 +5,13 @@ always frozen, and
 
     stage   trainable                                   loss
     what    new embeddings + text head                  text CE            (alpha=1, beta=0)
-    how     adapter + visual head                       image CE           (alpha=0, beta=1)
+    how     new embeddings + adapter + visual head      image CE           (alpha=0, beta=1)
     better  new embeddings + text head + adapter + visual head   alpha*text + beta*image, interleaved
     onestage (ablation) the `better` set from the base model, all data at once
 
-`how` leaves the new embeddings to `what` and `better`: with nothing below the adapter
-training, the frozen decoder runs forward only (its backward was about 40% of a `how` step).
+`how` trains the code embeddings too, at the cost of the frozen decoder's backward pass: the
+adapter reads the codes drawn so far only through the decoder's hidden states, and through a
+frozen decoder untrained code embeddings are nearly indistinguishable (docs/model-card.md).
 
 `vq` trains the VQGAN alone (L1 + L2 reconstruction + codebook/commitment; dead codes are
 re-seeded from encoder outputs). `base` trains the whole MLLM on understanding (t2t, ti2t):
@@ -77,16 +78,16 @@ class Stage:
         return world.MAX_OBJECTS
 
 
-CURRICULUM = ((0.3, 1), (0.5, 2))  # the stages that first learn to draw: 1 object, then <= 2, then 1-3
+CURRICULUM = ((0.15, 1), (0.3, 2))  # the stages that first learn to draw: 1 object, then <= 2, then 1-3
 
 STAGES = {
     "vq": Stage("vq", ("vqgan",), 0.0, 0.0, (), 1e-3),
     "base": Stage("base", ("vision", "decoder", "original_embeddings", "text_head"), 1.0, 0.0,
-                  (("t2t", 0.35), ("ti2t", 0.65)), 2e-3),
+                  (("t2t", 0.35), ("ti2t", 0.45), ("t2i", 0.1), ("t2ti", 0.1)), 2e-3),
     "what": Stage("what", ("new_embeddings", "text_head"), 1.0, 0.0,
                   (("t2t", 0.1), ("ti2t", 0.3), ("t2i", 0.3), ("t2ti", 0.3)), 2e-3),
-    "how": Stage("how", ("adapter", "visual_head"), 0.0, 1.0,
-                 (("t2i", 0.6), ("t2ti", 0.4)), 2e-3, p_uncond=0.1, curriculum=CURRICULUM),
+    "how": Stage("how", ("new_embeddings", "adapter", "visual_head"), 0.0, 1.0,
+                 (("t2i", 0.6), ("t2ti", 0.4)), 1.5e-3, p_uncond=0.1, curriculum=CURRICULUM),
     "better": Stage("better", ("new_embeddings", "text_head", "adapter", "visual_head"), 1.0, 1.0,
                     (("t2t", 0.1), ("ti2t", 0.3), ("t2i", 0.2), ("t2ti", 0.4)), 5e-4, p_uncond=0.1),
     "onestage": Stage("onestage", ("new_embeddings", "text_head", "adapter", "visual_head"), 1.0, 1.0,
@@ -123,7 +124,7 @@ class ArmorLoss(torch.nn.Module):
         if not self.alpha and len(batch.image_rows):  # image loss only: nothing after the last segment matters
             end = int(batch.image_starts.max()) + cfg.n_grid + 1  # causal and right-padded: exact
             ids, mask, pos = ids[:, :end], mask[:, :end], pos[:, :end]
-        # nothing below the adapter trains (`how`): the frozen decoder runs without a graph
+        # nothing below the adapter trains (a `how` without embeddings): the frozen decoder runs without a graph
         upstream = [*m.embedding.parameters(), *m.mllm.model.parameters()]
         with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in upstream)):
             image_embeds = m.encode_images(batch.pixel_values) if batch.pixel_values is not None else None
@@ -209,7 +210,7 @@ def train_stage(model: ArmorModel, tokenizer, stage: Stage, out_dir: Path, steps
     loss_module = VQLoss(model.vqgan) if stage.name == "vq" else ArmorLoss(model, stage.alpha, stage.beta)
     if world_size > 1:
         loss_module = torch.nn.parallel.DistributedDataParallel(loss_module, find_unused_parameters=True)
-    codes = None if stage.name in ("vq", "base") else CodeCache(model.vqgan, model.config.vqgan["resolution"])
+    codes = None if stage.name == "vq" else CodeCache(model.vqgan, model.config.vqgan["resolution"])
     vision_size = model.mllm.config.vision_config.image_size[0]
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage.name, disable=not progress or rank != 0)
     last_save = time.monotonic()
@@ -331,6 +332,8 @@ def _save(model, tokenizer, opt, params, out_dir, stage, step, done, rank) -> No
         if id(p) in index:
             moments[f"{index[id(p)]}.exp_avg"] = st["exp_avg"].contiguous()
             moments[f"{index[id(p)]}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
+            # a parameter's own Adam step: fewer than the stage's when its first gradient came late
+            moments[f"{index[id(p)]}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(str(out_dir) + ".optim.tmp")
     save_file(moments, str(tmp))
@@ -345,8 +348,9 @@ def _load_optimizer(opt, params, path: Path, step: int) -> None:
     moments = load_file(str(path))
     for i, p in enumerate(params):
         if f"{i}.exp_avg" in moments:
-            opt.state[p] = {"step": torch.tensor(float(step)), "exp_avg": moments[f"{i}.exp_avg"],
-                            "exp_avg_sq": moments[f"{i}.exp_avg_sq"]}
+            own = moments.get(f"{i}.step")  # absent in files written before it was saved
+            opt.state[p] = {"step": torch.tensor(float(step) if own is None else float(own[0])),
+                            "exp_avg": moments[f"{i}.exp_avg"], "exp_avg_sq": moments[f"{i}.exp_avg_sq"]}
 
 
 def _check_replicas_agree(params, out_dir: Path, rank: int) -> None:

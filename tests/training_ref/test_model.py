@@ -76,15 +76,20 @@ def test_lm_head_is_not_tied_to_frozen_embeddings(tiny_model):
 
 
 def test_image_only_loss_is_exact_with_its_shortcuts(tiny_model, tokenizer):
-    """`how`'s shortcuts (no decoder graph, nothing decoded past the last image) give the image
-    loss the full computation gives."""
+    """The image-only loss's shortcuts (nothing decoded past the last image, as in `how`; no
+    decoder graph when nothing below the adapter trains) give the full computation's loss."""
+    from dataclasses import replace
+
     rng = np.random.default_rng(1)
     batch = make_batch(rng, {"t2i": 1, "t2ti": 1}, 6, tokenizer, tiny_model.config, CodeCache(tiny_model.vqgan, 64), 64)
     train.set_trainable(tiny_model, train.STAGES["how"])
     _, short = train.ArmorLoss(tiny_model, 0.0, 1.0)(batch)
+    train.set_trainable(tiny_model, replace(train.STAGES["how"], trainable=("adapter", "visual_head")))
+    _, no_graph = train.ArmorLoss(tiny_model, 0.0, 1.0)(batch)
     train.set_trainable(tiny_model, train.STAGES["better"])
     _, full = train.ArmorLoss(tiny_model, 1.0, 1.0)(batch)  # text loss on: no truncation, decoder graph built
     assert short["image"] == pytest.approx(full["image"], rel=1e-5)
+    assert no_graph["image"] == pytest.approx(full["image"], rel=1e-5)
     for p in tiny_model.parameters():
         p.requires_grad_(False)
 
@@ -114,7 +119,7 @@ def test_wohg_freeze_table(tiny_model, tokenizer, stage_name):
     batch = make_batch(rng, mix, 8, tokenizer, model.config, CodeCache(model.vqgan, 64), 64)
     loss, _ = train.ArmorLoss(model, stage.alpha, stage.beta)(batch)
     loss.backward()
-    expected = {"what": {"new_embeddings", "text_head"}, "how": {"adapter", "visual_head"},
+    expected = {"what": {"new_embeddings", "text_head"}, "how": {"new_embeddings", "adapter", "visual_head"},
                 "better": {"new_embeddings", "text_head", "adapter", "visual_head"}}[stage_name]
     for group, params in model.param_groups().items():
         for p in params:

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from training_ref import world
+from training_ref import language, shapeeval, world
 from training_ref.world import COLOURS, POSITIONS, SHAPES, SIZES, Obj
 
 
@@ -18,7 +18,7 @@ def _scenes(n: int, seed: int = 0) -> list[tuple[Obj, ...]]:
 
 def test_constants_are_exact() -> None:
     assert COLOURS == {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 90, 220),
-                       "yellow": (230, 190, 30), "purple": (150, 60, 190)}
+                       "yellow": (230, 190, 30), "purple": (150, 60, 190), "orange": (240, 120, 20)}
     assert world.BACKGROUND == (255, 255, 255)
     assert SHAPES == ("circle", "square", "triangle")
     assert SIZES == ("small", "large")
@@ -133,25 +133,45 @@ def test_samples_are_deterministic_for_a_seed() -> None:
 def test_t2t_answers_are_short_and_determined_by_the_question() -> None:
     rng = np.random.default_rng(9)
     seen: dict[str, str] = {}
-    for _ in range(2000):
+    for _ in range(3000):
         s = world.make_sample(rng, "t2t")
         assert s.image is None and len(s.answer) == 1 and isinstance(s.answer[0], str)
         assert seen.setdefault(s.prompt, s.answer[0]) == s.answer[0]
     assert seen["how many sides does a triangle have?"] == "three"
     assert seen["which shape is round?"] == "circle"
-    assert len(seen) > 100
+    sums = [(p, a) for p, a in seen.items() if re.fullmatch(r"what is \d plus \d\?", p)]
+    assert len(sums) > 10 and all(a == str(int(p[8]) + int(p[15])) for p, a in sums)
+    assert seen["hello"].startswith("hello!")
+    assert len(seen) > 1000
+    # t2t never asks to draw: its prompts hold no drawing tail, and no answer names an image
+    assert not any(tail in p for p in seen for tail in language.TELL_TAILS + language.WHERE_TAILS)
+
+
+def test_arithmetic_in_digits_and_words() -> None:
+    rng = np.random.default_rng(14)
+    words = {w: i for i, w in enumerate(world.NUMBER_WORDS)}
+    forms = set()
+    for _ in range(500):
+        prompt, answer = world.arithmetic(rng)
+        nums = [int(t) if t.isdigit() else words[t] for t in re.findall(r"\b(\d+|[a-z]+)\b", prompt)
+                if t.isdigit() or t in words]
+        a, b = nums
+        assert answer == str(a + b) or (("minus" in prompt or "-" in prompt) and answer == str(a - b)) or \
+            (prompt.startswith(("take", "subtract")) and answer == str(b - a)), prompt
+        forms.add(any(t in words for t in prompt.split()))
+    assert forms == {True, False}
 
 
 def test_ti2t_samples() -> None:
     rng = np.random.default_rng(10)
     kinds_seen = set()
-    for _ in range(500):
+    for _ in range(800):
         s = world.make_sample(rng, "ti2t")
         assert s.image is not None and len(s.answer) == 1 and isinstance(s.answer[0], str)
         kinds_seen.add(s.prompt.split()[0])
-        if s.prompt == "describe the image.":
-            assert s.answer[0] == world.describe(s.image)
-    assert {"how", "what", "where", "is", "describe"} <= kinds_seen
+        if s.prompt in ("describe the image.", "what do you see?"):
+            assert s.answer[0] == f"i see {world.describe(s.image)}."
+    assert {"how", "what", "where", "is", "describe", "count", "do", "which"} <= kinds_seen
 
 
 def test_exists_questions_are_balanced() -> None:
@@ -160,37 +180,114 @@ def test_exists_questions_are_balanced() -> None:
     assert 0.45 < answers.count("yes") / len(answers) < 0.55
 
 
-def test_t2i_prompt_specifies_the_scene() -> None:
+def _stated_words(want: world.Want) -> list[str]:
+    return [want.colour, want.shape]
+
+
+def test_t2i_prompt_states_its_request_and_the_scene_fulfils_it() -> None:
     rng = np.random.default_rng(12)
-    for _ in range(200):
+    plural = positioned = partial = 0
+    for _ in range(400):
         s = world.make_sample(rng, "t2i")
         scene = s.answer[0]
-        assert len(s.answer) == 1 and isinstance(scene, tuple)
-        assert any(s.prompt == f"{v} {world.describe(scene)}." for v in world.T2I_VERBS)
-        assert world.parse_description(s.prompt) == scene
+        assert len(s.answer) == 1 and isinstance(scene, tuple) and s.request is not None
+        assert shapeeval.fulfils(s.request, scene)  # the target image is one answer to the prompt
+        for w in s.request:
+            assert w.colour in s.prompt and (w.shape in s.prompt or language.PLURALS[w.shape] in s.prompt)
+        plural += any(language.PLURALS[w.shape] in s.prompt for w in s.request)
+        positioned += any(w.position is not None for w in s.request)
+        partial += any(w.position is None or w.size is None for w in s.request)
+    assert plural > 20 and positioned > 200 and partial > 200
+
+
+def test_unstated_positions_follow_the_default_layout_in_naming_order() -> None:
+    W = world.Want
+    # one open object: the center; two: left, right (first named, leftmost); three: left, center, right
+    assert world.default_layout((W("circle", "red"),), ["small"]) == (Obj("circle", "red", "center", "small"),)
+    two = world.default_layout((W("square", "blue", "large"), W("circle", "red")), ["large", "small"])
+    assert two == world.canonical([Obj("square", "blue", "left", "large"), Obj("circle", "red", "right", "small")])
+    # a stated cell is kept and skipped: the open one takes the first free fallback cell
+    kept = world.default_layout((W("circle", "red"), W("square", "blue", position="center")), ["large", "small"])
+    assert kept == world.canonical([Obj("circle", "red", "left", "large"), Obj("square", "blue", "center", "small")])
+    with pytest.raises(ValueError, match="twice"):
+        world.default_layout((W("circle", "red", position="top"), W("square", "red", position="top")), ["small"] * 2)
+    # in the samples: every open object sits where the layout puts it, in the order the prompt names it
+    rng = np.random.default_rng(21)
+    opened = 0
+    for _ in range(400):
+        s = world.make_sample(rng, "t2i")
+        scene = s.answer[0]
+        laid = world.default_layout(s.request, ["small"] * len(s.request))  # sizes aside: fulfils() checks them
+        assert [(o.shape, o.colour, o.position) for o in laid] == [(o.shape, o.colour, o.position) for o in scene]
+        opened += sum(w.position is None for w in s.request) > 1
+        at, previous = -1, None
+        for w in s.request:  # the request is in naming order: each shape word after the previous one
+            if w != previous or w.position is not None:  # identical open objects share a plural
+                at = s.prompt.find(w.shape, at + 1)
+                assert at >= 0, s.prompt
+            previous = w
+    assert opened > 20
 
 
 def test_t2ti_text_before_image_specifies_it() -> None:
     rng = np.random.default_rng(13)
-    for _ in range(200):
+    closings = set()
+    for _ in range(300):
         s = world.make_sample(rng, "t2ti")
         before, scene, after = s.answer
         assert before == f"here is {world.describe(scene)}."
         assert world.parse_description(before) == scene
         n = len(scene)
-        assert after == ("there is 1 shape in total." if n == 1 else f"there are {n} shapes in total.")
+        if after.startswith("it is"):
+            assert n == 1 and after == f"it is {world.position_phrase(scene[0].position)}."
+        else:
+            assert after == ("there is 1 shape in total." if n == 1 else f"there are {n} shapes in total.")
+        closings.add(after.split()[0])
+        assert s.request is None or shapeeval.fulfils(s.request, scene)
         m = re.search(r"with (\d) shape", s.prompt)
         assert m is None or int(m.group(1)) == n
+    assert closings == {"it", "there"}
+
+
+_FRAMES = sorted([(f"{p}{v} ", (p, v) in language.PARAPHRASE_VERB_FRAMES) for p in language.PREFIXES
+                  for v in language.VERBS] + [(f"{f} ", f in language.PARAPHRASE_NOUN_FRAMES)
+                                              for f in language.NOUN_FRAMES], key=lambda x: -len(x[0]))
+
+
+def _frame_is_held_out(prompt: str) -> bool | None:
+    """Whether the drawing frame a prompt starts with (the longest that fits) is held out; None
+    when it starts with none."""
+    return next((held for head, held in _FRAMES if prompt.startswith(head)), None)
+
+
+def _question_is_held_out(prompt: str) -> bool:
+    def pattern(q: str) -> str:
+        return re.escape(q).replace(r"\{where\}", ".+").replace(r"\{c\}", r"\w+").replace(r"\{s\}", r"\w+")
+    return any(re.fullmatch(pattern(q), prompt) for q in language.PARAPHRASE_QUESTIONS)
+
+
+def test_paraphrase_templates_never_reach_training() -> None:
+    rng = np.random.default_rng(15)
+    for mode in world.MODES:
+        for _ in range(1500):
+            s = world.make_sample(rng, mode)
+            assert not _frame_is_held_out(s.prompt), s.prompt
+            assert not (mode == "ti2t" and _question_is_held_out(s.prompt)), s.prompt
+            assert s.prompt not in language.PARAPHRASE_SMALL_TALK
+    assert all(_frame_is_held_out(s.prompt) for s in world.heldout_t2i(100, paraphrase=True))
+    assert all(_question_is_held_out(s.prompt) for s in world.heldout_vqa(100, paraphrase=True))
 
 
 def test_fixed_evaluation_sets() -> None:
-    t2i, vqa, t2ti = world.heldout_t2i(), world.heldout_vqa(), world.heldout_t2ti()
-    assert (len(t2i), len(vqa), len(t2ti)) == (200, 200, 20)
+    t2i, vqa, t2ti, ar = world.heldout_t2i(), world.heldout_vqa(), world.heldout_t2ti(), world.heldout_arithmetic()
+    assert (len(t2i), len(vqa), len(t2ti), len(ar)) == (200, 200, 200, 200)
     assert all(s.mode == "t2i" and world.is_heldout(s.answer[0]) for s in t2i)
     assert all(s.mode == "ti2t" and world.is_heldout(s.image) for s in vqa)
-    assert not any(s.prompt in ("describe the image.", "what is in the picture?") for s in vqa)
+    assert not any(s.answer[0].startswith("i see") for s in vqa)
     assert all(s.mode == "t2ti" and world.is_heldout(s.answer[1]) for s in t2ti)
+    assert all(s.mode == "t2t" and s.answer[0].isdigit() for s in ar)
     assert world.heldout_t2i(n=5, seed=1) != world.heldout_t2i(n=5, seed=2)
+    assert world.heldout_t2i(n=5) != world.heldout_t2i(n=5, paraphrase=True)
 
 
 def test_corpus_text_covers_the_vocabulary() -> None:
