@@ -311,7 +311,7 @@ def end_to_end(bundle_dir: Path, manifest: dict, candidate: Path, threads: int |
                 os.link(src, view / name)
             except OSError:  # a file system without hard links
                 shutil.copy2(src, view / name)
-        sets = evaluation_sets(E2E_PROMPTS["vqa"], E2E_PROMPTS["t2i"], 0)
+        sets = evaluation_sets(E2E_PROMPTS["vqa"], E2E_PROMPTS["t2i"], 0, canonical=True)
         bundle = open_bundle(view, verify_hashes=False, manifest=draft)
         with ArmorPipeline(BundleModel.open(bundle, backend="llamacpp", threads=threads)) as pipe:
             scores = {kind: score_outputs(kind, samples, [pipe.chat(messages_for(x), max_new_tokens=E2E_BUDGETS[kind])

@@ -197,7 +197,7 @@ def report(ref: ArmorPipeline, test: ArmorPipeline, *, n_vqa: int, n_t2i: int, g
            fp32_key: tuple, max_shapeeval_drop: float, max_vqa_drop: float, text_paths: tuple | None = None,
            progress: bool = True) -> dict:
     """The whole accuracy report. `grids_fn(samples)` encodes the t2i references (or returns None)."""
-    sets = evaluation_sets(n_vqa, n_t2i, 0)
+    sets = evaluation_sets(n_vqa, n_t2i, 0, canonical=True)
     grids = grids_fn(sets["t2i"])
     graphs = graph_report(ref.model, test.model, ref.tokenizer, sets, grids, quantized, text_paths)
     fp32 = fp32_end_to_end(ref, fp32_key + (n_vqa, n_t2i), sets, progress)

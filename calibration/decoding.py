@@ -59,7 +59,7 @@ def compare(pipe: ArmorPipeline, windows: list[int], n: int, sampling: dict, ini
             seeds: int = 1, progress: bool = True) -> dict:
     """Per sampling setting (greedy, sampled) and decoding: calls and seconds per image, ShapeEval.
     The sampled setting runs every prompt with `seeds` seeds (the same seeds for every decoding)."""
-    heldout = evaluation_sets(0, n, 0)["t2i"]
+    heldout = evaluation_sets(0, n, 0, canonical=True)["t2i"]
     settings = {"greedy": {}, "sampled": sampling}
     decodings = [("sequential", {})] + [(f"jacobi-{w}", {"image_decoding": "jacobi", "jacobi_window": w,
                                                         "jacobi_init": init}) for w in windows]

@@ -88,11 +88,14 @@ BUDGETS = {"vqa": 24, "arithmetic": 24, "t2i": 64, "t2ti": 96}  # text tokens (a
 
 
 def evaluation_sets(n_vqa: int = 200, n_t2i: int = 200, n_t2ti: int = 200, n_arithmetic: int = 0,
-                    paraphrase: bool = False) -> dict[str, list[world.Sample]]:
+                    paraphrase: bool = False, canonical: bool = False) -> dict[str, list[world.Sample]]:
     """The fixed held-out sets by name (sets of size 0 left out); with paraphrase=True the
-    `_paraphrase` twins too (held-out templates, language.PARAPHRASE_*), of the same sizes."""
+    `_paraphrase` twins too (held-out templates, language.PARAPHRASE_*), of the same sizes.
+    canonical=True: the t2i set in the world's canonical phrasing (`world.canonical_t2i`), as
+    the gates comparing two builds of one checkpoint use it."""
     sizes = {"vqa": n_vqa, "t2i": n_t2i, "t2ti": n_t2ti, "arithmetic": n_arithmetic}
-    sets = {k: _BUILDERS[k](n) for k, n in sizes.items() if n}
+    sets = {k: (world.canonical_t2i(n) if canonical and k == "t2i" else _BUILDERS[k](n))
+            for k, n in sizes.items() if n}
     if paraphrase:
         sets.update({f"{k}_paraphrase": _BUILDERS[k](n, paraphrase=True) for k, n in sizes.items() if n})
     return sets

@@ -574,6 +574,16 @@ def heldout_t2i(n: int = 200, seed: int = 1234, paraphrase: bool = False) -> lis
     return [make_sample(rng, "t2i", heldout=True, paraphrase=paraphrase) for _ in range(n)]
 
 
+def canonical_t2i(n: int = 40, seed: int = 1234) -> list[Sample]:
+    """Held-out scenes asked for in the world's one canonical phrasing, every attribute stated:
+    'draw a large red circle at the top left and a small blue square in the center.' Every
+    checkpoint of the world reads it (v1 knew only this form; v2 trains on it among others), so
+    quality gates that compare two builds of one checkpoint use it."""
+    rng = np.random.default_rng(seed)
+    return [Sample(mode="t2i", prompt=f"draw {describe(scene)}.", answer=[scene])
+            for scene in (sample_scene(rng, heldout=True) for _ in range(n))]
+
+
 def heldout_vqa(n: int = 200, seed: int = 1234, paraphrase: bool = False) -> list[Sample]:
     """Fixed VQA set on held-out scenes, short exact-match answers only (no 'describe')."""
     rng = np.random.default_rng(seed)

@@ -288,6 +288,11 @@ def test_fixed_evaluation_sets() -> None:
     assert all(s.mode == "t2t" and s.answer[0].isdigit() for s in ar)
     assert world.heldout_t2i(n=5, seed=1) != world.heldout_t2i(n=5, seed=2)
     assert world.heldout_t2i(n=5) != world.heldout_t2i(n=5, paraphrase=True)
+    canon = world.canonical_t2i()  # the gates' set: every attribute stated, the one canonical phrasing
+    assert len(canon) == 40 and canon == world.canonical_t2i()
+    for s in canon:
+        assert world.is_heldout(s.answer[0]) and s.request is None
+        assert s.prompt == f"draw {world.describe(s.answer[0])}." and world.parse_description(s.prompt) == s.answer[0]
 
 
 def test_corpus_text_covers_the_vocabulary() -> None:
