@@ -151,10 +151,10 @@ def main(argv=None) -> int:
     sets = evaluation_sets(args.n_vqa, args.n_t2i, args.n_t2ti, args.n_arithmetic, not args.no_paraphrase)
     if args.sets:
         sets = {k: v for k, v in sets.items() if k in args.sets}
+    understanding = {k: v for k, v in sets.items() if k.startswith(("vqa", "arithmetic"))}
     results = {}
     for name, ckpt in zip(names, args.checkpoints):
         model, tok = load_checkpoint(ckpt)
-        understanding = {k: v for k, v in sets.items() if k.startswith(("vqa", "arithmetic"))}
         chosen = understanding if args.skip_generation or name == "base" else sets
         t0 = time.time()
         fn = lambda msgs, n: generate(model, tok, msgs, max_new_tokens=n, cfg_scale=args.cfg_scale,  # noqa: E731

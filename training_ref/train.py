@@ -14,8 +14,9 @@ adapter reads the codes drawn so far only through the decoder's hidden states, a
 frozen decoder untrained code embeddings are nearly indistinguishable (docs/model-card.md).
 
 `vq` trains the VQGAN alone (L1 + L2 reconstruction + codebook/commitment; dead codes are
-re-seeded from encoder outputs). `base` trains the whole MLLM on understanding (t2t, ti2t):
-only the embedded default needs it, real users start from a pretrained MLLM.
+re-seeded from encoder outputs). `base` trains the whole MLLM on understanding (t2t, ti2t) and
+on the drawing prompts' text side (`<imgbos>`, t2ti's sentences): only the embedded default needs
+it, real users start from a pretrained MLLM.
 
 Every stage resumes after a kill: its folder holds the last checkpoint (written atomically)
 plus `train_state.json` and the optimizer moments; the data stream of step s is drawn from a

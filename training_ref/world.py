@@ -250,15 +250,11 @@ def _want_key(w: Want) -> tuple:
     return (POSITION_INDEX.get(w.position or "", -1), w.shape, w.colour, w.size or "")
 
 
-def request_of(rng: np.random.Generator, scene: Scene, p_position: float = 0.65, p_size: float = 0.5) -> Request:
-    """What a prompt for `scene` states, in the order the prompt names it: each object's
-    position and size with these probabilities (identical objects in a group scene state
-    neither position); canonical order, or (30%) shuffled."""
-    return tuple(w for w, _ in _request_pairs(rng, scene, p_position, p_size))
-
-
 def _request_pairs(rng: np.random.Generator, scene: Scene, p_position: float = 0.65,
                    p_size: float = 0.5) -> list[tuple[Want, Obj]]:
+    """What a prompt for `scene` states of each object, in the order the prompt names them, with
+    the object: position and size stated with these probabilities (identical objects in a group
+    scene state neither position); canonical order, or (30%) shuffled."""
     group = len(scene) > 1 and len({(o.shape, o.colour, o.size) for o in scene}) == 1 and rng.random() < 0.7
     pairs: list[tuple[Want, Obj]] = []
     for o in scene:
@@ -273,7 +269,8 @@ def _request_pairs(rng: np.random.Generator, scene: Scene, p_position: float = 0
         pairs = [pairs[i] for i in rng.permutation(len(pairs))]
     # identical unpositioned objects are named together ("two blue squares"): adjacent, first-named order
     first = {w: k for k, (w, _) in reversed(list(enumerate(pairs)))}
-    return sorted(pairs, key=lambda p: first[p[0]] if p[0].position is None else pairs.index(p))
+    order = sorted(range(len(pairs)), key=lambda k: first[pairs[k][0]] if pairs[k][0].position is None else k)
+    return [pairs[k] for k in order]
 
 
 # Where objects go whose position the prompt leaves open: a fixed layout by how many there are,
@@ -346,6 +343,11 @@ def request_phrase(rng: np.random.Generator, request: Request) -> str:
     if len(phrases) > 2 and rng.random() < 0.3:
         return ", ".join(phrases[:-1]) + ", and " + phrases[-1]
     return join_words(phrases)
+
+
+def drawing_prompt(rng: np.random.Generator, request: Request, paraphrase: bool) -> str:
+    """A drawing frame around the request's words, without a suffix: 'can you draw a red circle'."""
+    return language.drawing_frame(rng, paraphrase).format(X=request_phrase(rng, request))
 
 
 def _group_scene(rng: np.random.Generator, n: int) -> Scene:
@@ -523,13 +525,13 @@ def _make_t2ti(rng: np.random.Generator, heldout: bool, max_objects: int, paraph
     if r < 0.2:  # a single object, then where it is
         scene, request = drawing_request(rng, heldout, 1, p_position=0.0)
         tail = _pick(rng, lang.split(lang.WHERE_TAILS, lang.PARAPHRASE_WHERE_TAILS, paraphrase))
-        prompt = lang.drawing_frame(rng, paraphrase).format(X=request_phrase(rng, request)) + tail
+        prompt = drawing_prompt(rng, request, paraphrase) + tail
         closing = f"it is {position_phrase(scene[0].position)}."
     else:
         tail = _pick(rng, lang.split(lang.TELL_TAILS, lang.PARAPHRASE_TELL_TAILS, paraphrase))
         if r < 0.65:
             scene, request = drawing_request(rng, heldout, max_objects)
-            prompt = lang.drawing_frame(rng, paraphrase).format(X=request_phrase(rng, request)) + tail
+            prompt = drawing_prompt(rng, request, paraphrase) + tail
         elif r < 0.85:
             scene = sample_scene(rng, n_objects=int(rng.integers(1, max_objects + 1)), heldout=heldout)
             frame = _pick(rng, lang.split(lang.COUNT_FRAMES, lang.PARAPHRASE_COUNT_FRAMES, paraphrase))
@@ -558,7 +560,7 @@ def make_sample(rng: np.random.Generator, mode: str, heldout: bool = False,
         return _make_ti2t(rng, heldout, paraphrase=paraphrase)
     if mode == "t2i":
         scene, request = drawing_request(rng, heldout, max_objects)
-        prompt = language.drawing_frame(rng, paraphrase).format(X=request_phrase(rng, request)) + _suffix(rng)
+        prompt = drawing_prompt(rng, request, paraphrase) + _suffix(rng)
         return Sample(mode="t2i", prompt=prompt, answer=[scene], request=request)
     if mode == "t2ti":
         return _make_t2ti(rng, heldout, max_objects, paraphrase)

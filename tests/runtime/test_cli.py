@@ -113,10 +113,10 @@ FIVE_PROMPTS = [
 
 # The shipped tiny is still v1 (template phrasing only) and fails all five; strict, so that
 # shipping a v2 that answers them turns these into failures until the marker goes.
-@pytest.mark.xfail(strict=True, reason="issue 15: the shipped tiny (v1) reads only its world's template phrasing")
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 15: the shipped tiny (v1) reads only its world's template phrasing")
 @pytest.mark.parametrize("prompt,objects,text", FIVE_PROMPTS, ids=[p[0] for p in FIVE_PROMPTS])
 def test_armor_run_on_tiny_answers_what_people_type(tiny_bundle, tmp_path, capsys, prompt, objects, text):
-    from training_ref import language, shapeeval, world
+    from training_ref import shapeeval, world
 
     out = tmp_path / "out"
     assert run_main([str(tiny_bundle), "--prompt", prompt, "--out", str(out)]) == 0
@@ -131,4 +131,4 @@ def test_armor_run_on_tiny_answers_what_people_type(tiny_bundle, tmp_path, capsy
     assert shapeeval.fulfils(wants, dets), (answer, dets)
     if text == "position":  # draw, then say: the closing sentence names where the triangle is
         closing = answer.split("]")[-1].strip()
-        assert closing == f"it is {language.position_phrase(dets[0].position)}.", answer
+        assert closing == f"it is {world.position_phrase(dets[0].position)}.", answer
