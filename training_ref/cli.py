@@ -8,6 +8,11 @@
 The tiny pipeline: tokenizer -> vq -> base -> what -> how -> better (WoHG), each stage in its
 own folder under --out, resumable; `--ablation` also trains the 1-stage model from `base`.
 The final checkpoint is `--out/final` (fp16 with `--dtype float16`). Only the CLI prints.
+
+`--workers N` (the tiny preset's default: 2) trains data-parallel: this command checks its
+arguments, then starts N processes under torchrun (DDP over gloo), the cores split between
+them, each drawing batch / N samples a step. Tiny models run faster that way than as one
+process with N threads (docs/model-card.md); a stop signal reaches the workers, which save.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,11 +40,13 @@ log = logging.getLogger("armor-train")
 # Steps and batch sizes of the shipped `tiny` checkpoint (fixed seed 0; docs/model-card.md says why
 # each, and how long each takes); `onestage` gets the WoHG stages' budget (what + how + better) for a
 # fair ablation.
-TINY_SCHEDULE = {"vq": (3000, 16), "base": (2400, 32), "what": (400, 32), "how": (4500, 16),
+TINY_SCHEDULE = {"vq": (3000, 16), "base": (2400, 32), "what": (400, 32), "how": (10000, 16),
                  "better": (400, 32)}
+PRETRAINED_BATCH = 8  # --from-pretrained: 1000 steps of 8 per stage
 _WOHG_STEPS = sum(TINY_SCHEDULE[s][0] for s in train.WOHG)
-TINY_SCHEDULE["onestage"] = (_WOHG_STEPS, round(sum(TINY_SCHEDULE[s][0] * TINY_SCHEDULE[s][1] for s in train.WOHG)
-                                                / _WOHG_STEPS))  # as many steps and samples as WoHG
+_WOHG_SAMPLES = sum(TINY_SCHEDULE[s][0] * TINY_SCHEDULE[s][1] for s in train.WOHG)
+TINY_SCHEDULE["onestage"] = (_WOHG_STEPS, 2 * round(_WOHG_SAMPLES / _WOHG_STEPS / 2))  # WoHG's steps and samples
+# (the batch rounded to an even number, which the default 2 workers split)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ablation", action="store_true", help="also train the 1-stage ablation from `base`")
     p.add_argument("--max-steps", type=whole(1), help="cap every stage at this many steps (>= 1)")
     p.add_argument("--batch-size", type=whole(1), help="samples per step (default: the preset's, per stage)")
+    p.add_argument("--workers", type=whole(1), help="data-parallel training processes, the cores split between "
+                                                    "them (default: 2 for the tiny preset, else 1)")
     p.add_argument("--seed", type=whole(0), default=0)
     p.add_argument("--save-every", type=whole(1), default=200, help="save a resumable stage every N steps "
                                                                      "(default 200)")
@@ -64,24 +75,67 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return boundary("armor-train", lambda: run(args))
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return boundary("armor-train", lambda: run(args, argv))
 
 
-def run(args: argparse.Namespace) -> int:
-    torch.manual_seed(args.seed)
+def check_args(args: argparse.Namespace, workers: int) -> None:
+    """What can be refused before any work (and before workers start)."""
+    writable_folder(args.out)
+    if args.from_pretrained and not args.vqgan:
+        raise InputError("--from-pretrained needs --vqgan PATH (a Chameleon VQGAN checkpoint)")
+    if args.preset == "proxy-1b" and any(s in ("vq", "base") for s in args.stages or ()):
+        raise InputError("proxy-1b is a random-weight workload; train only WoHG stages on it, if any")
+    if args.ablation and "base" not in (args.stages if args.stages is not None else ["base"]) \
+            and not (args.out / "base").is_dir():
+        raise InputError("--ablation trains from the `base` stage: run it (or keep its folder in --out)")
+    batches = ([args.batch_size] if args.batch_size else [PRETRAINED_BATCH] if args.from_pretrained
+               else [b for _, b in TINY_SCHEDULE.values()])
+    if any(b % workers for b in batches):
+        raise InputError(f"--workers {workers} must divide every stage's batch ({', '.join(map(str, batches))})")
+
+
+def launch_workers(argv: list[str], workers: int) -> int:
+    """Run this command as `workers` DDP processes under torchrun; their exit code.
+
+    The workers run in a session of their own, so a stop signal reaches them once, through
+    torchrun (which forwards it): each saves the step in progress and stops."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // workers)),
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={workers}",
+           "-m", "training_ref.cli", *argv]
+    log.info("training with %d workers (DDP over gloo), %s threads each", workers, env["OMP_NUM_THREADS"])
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt as e:
+        proc.send_signal(signal.SIGTERM if str(e) == "terminated" else signal.SIGINT)
+        proc.wait()
+        raise
+    if code:
+        raise RuntimeError(f"a training worker failed (exit code {code}); its message is above")
+    return 0
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    workers = world_size if world_size > 1 else args.workers or (2 if args.preset == "tiny" else 1)
+    check_args(args, workers)
+    if world_size == 1 and workers > 1:
+        return launch_workers(argv or [], workers)
+    torch.manual_seed(args.seed)
     if world_size > 1:
         torch.distributed.init_process_group("gloo")
     t0 = time.time()
-    writable_folder(args.out)
     if args.from_pretrained:
-        if not args.vqgan:
-            raise InputError("--from-pretrained needs --vqgan PATH (a Chameleon VQGAN checkpoint)")
         model, tokenizer = from_pretrained(args.from_pretrained, args.vqgan)
         stages = args.stages if args.stages is not None else list(train.WOHG)
-        schedule = {s: (1000, 8) for s in train.STAGES}
+        schedule = {s: (1000, PRETRAINED_BATCH) for s in train.STAGES}
     else:
         tokenizer = train_tokenizer(seed=args.seed)
         build = tiny_config if args.preset == "tiny" else proxy_1b_config
@@ -89,8 +143,6 @@ def run(args: argparse.Namespace) -> int:
         default = ["vq", "base", *train.WOHG] if args.preset == "tiny" else []
         stages = args.stages if args.stages is not None else default
         schedule = TINY_SCHEDULE
-    if args.preset == "proxy-1b" and any(s in ("vq", "base") for s in stages):
-        raise InputError("proxy-1b is a random-weight workload; train only WoHG stages on it, if any")
     args.out.mkdir(parents=True, exist_ok=True)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %s, %.2fM parameters; stages: %s", model.config.preset, n_params / 1e6, " ".join(stages) or "none")
@@ -100,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         steps = min(steps, args.max_steps) if args.max_steps else steps
         t_stage = time.time()
         model = train.train_stage(model, tokenizer, train.STAGES[name], args.out / name, steps,
-                                  args.batch_size or batch, args.seed, save_every=args.save_every,
+                                  (args.batch_size or batch) // world_size, args.seed, save_every=args.save_every,
                                   save_seconds=args.save_seconds, progress=not args.quiet)
         log.info("stage %s: %d steps in %.0f s (%.0f s since the start)", name, steps, time.time() - t_stage,
                  time.time() - t0)
@@ -122,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         steps = min(steps, args.max_steps) if args.max_steps else steps
         t_stage = time.time()
         abl = train.train_stage(abl, tokenizer, train.STAGES["onestage"], args.out / "onestage", steps,
-                                args.batch_size or batch, args.seed, save_every=args.save_every,
+                                (args.batch_size or batch) // world_size, args.seed, save_every=args.save_every,
                                 save_seconds=args.save_seconds, progress=not args.quiet)
         log.info("stage onestage: %d steps in %.0f s", steps, time.time() - t_stage)
         if rank == 0:

@@ -12,6 +12,10 @@ Labels are next-token targets split by head:
 Unconditional samples (condition dropped for classifier-free guidance) are the empty-user
 template followed by the image; they carry image labels only.
 
+Cell labels (train-only, for `how`'s auxiliary loss): for each segment input, what the 3x3 cell
+of the code it predicts holds, as (colour, shape, size) indices, 0 for an empty cell: the
+object the adapter must bind to that code, stated directly instead of through 1,024 codes.
+
 It knows the sequence layout and the world's samples; not the optimizer or the stages.
 """
 
@@ -37,6 +41,7 @@ class Encoded:
     image_start: int | None  # index of <imgbos> in ids
     image_labels: list[int] | None
     input_scene: tuple | None
+    image_cells: np.ndarray | None = None  # [N+1, 3] cell labels of the image segment (IGNORE: none)
 
 
 @dataclass
@@ -49,6 +54,7 @@ class Batch:
     image_rows: torch.Tensor  # [B_img] rows holding a generated image
     image_starts: torch.Tensor  # [B_img] index of <imgbos> in those rows
     image_labels: torch.Tensor  # [B_img, N+1] visual-head index space
+    image_cells: torch.Tensor  # [B_img, N+1, 3] (colour, shape, size) of each target's cell, IGNORE where none
 
 
 class CodeCache:
@@ -99,6 +105,22 @@ class CodeCache:
         return [flat[i * n:(i + 1) * n] for i in range(len(scenes))]
 
 
+CELL_CLASSES = (1 + len(world.COLOURS), 1 + len(world.SHAPES), 1 + len(world.SIZES))  # 0: empty cell
+
+
+def cell_labels(scene: tuple, grid: tuple[int, int]) -> np.ndarray:
+    """[h*w, 3] per code patch (row-major): (colour, shape, size) of the object in the 3x3 cell
+    holding the patch's centre, each 1 + its index in world's tables, or 0 for an empty cell."""
+    colours, h, w = list(world.COLOURS), grid[0], grid[1]
+    cells = np.zeros((9, 3), dtype=np.int64)
+    for o in scene:
+        cells[world.POSITION_INDEX[o.position]] = (1 + colours.index(o.colour), 1 + world.SHAPES.index(o.shape),
+                                                   1 + world.SIZES.index(o.size))
+    rows = ((np.arange(h) + 0.5) * 3 / h).astype(np.int64)  # cell row of each patch row
+    cols = ((np.arange(w) + 0.5) * 3 / w).astype(np.int64)
+    return cells[(rows[:, None] * 3 + cols[None, :]).reshape(-1)]
+
+
 def encode_sample(sample: world.Sample, tokenizer, cfg: ArmorConfig, codes: list[int] | None,
                   unconditional: bool = False) -> Encoded:
     """One sample -> ids and labels. `codes` are the codes of the sample's (single) generated image."""
@@ -110,7 +132,7 @@ def encode_sample(sample: world.Sample, tokenizer, cfg: ArmorConfig, codes: list
         answer = sample.answer
     ids = tok(format_chat([{"role": "user", "content": content}], cfg.n_image_tokens))
     prompt_len = len(ids)
-    image_start = image_labels = None
+    image_start = image_labels = image_cells = None
     for part in answer:
         if isinstance(part, str):
             ids += tok(part)
@@ -120,6 +142,9 @@ def encode_sample(sample: world.Sample, tokenizer, cfg: ArmorConfig, codes: list
             image_start = len(ids)
             ids += [cfg.img_bos_id] + [cfg.code_offset + c for c in codes] + [cfg.img_end_id]
             image_labels = list(codes) + [cfg.n_codes]
+            image_cells = np.full((cfg.n_grid + 1, 3), IGNORE, dtype=np.int64)
+            if not unconditional:  # without a prompt the cells are not the adapter's to know
+                image_cells[:-1] = cell_labels(part, cfg.image_grid)
     ids.append(cfg.eos_token_id)
     text_labels = [IGNORE] * len(ids)
     if not unconditional:
@@ -129,7 +154,7 @@ def encode_sample(sample: world.Sample, tokenizer, cfg: ArmorConfig, codes: list
                 text_labels[t] = nxt
             elif nxt == cfg.img_bos_id:
                 text_labels[t] = cfg.n_text_vocab
-    return Encoded(ids, text_labels, image_start, image_labels, sample.image)
+    return Encoded(ids, text_labels, image_start, image_labels, sample.image, image_cells)
 
 
 def collate(items: list[Encoded], cfg: ArmorConfig, vision_size: int) -> Batch:
@@ -154,6 +179,8 @@ def collate(items: list[Encoded], cfg: ArmorConfig, vision_size: int) -> Batch:
         text_labels=labels, pixel_values=pixels, image_rows=torch.tensor(rows, dtype=torch.long),
         image_starts=torch.tensor([items[i].image_start for i in rows], dtype=torch.long),
         image_labels=torch.tensor([items[i].image_labels for i in rows], dtype=torch.long).view(len(rows), cfg.n_grid + 1),
+        image_cells=torch.from_numpy(np.stack([items[i].image_cells for i in rows]) if rows
+                                     else np.zeros((0, cfg.n_grid + 1, 3), dtype=np.int64)),
     )
 
 

@@ -5,9 +5,14 @@ always frozen, and
 
     stage   trainable                                   loss
     what    new embeddings + text head                  text CE            (alpha=1, beta=0)
-    how     new embeddings + adapter + visual head      image CE           (alpha=0, beta=1)
+    how     new embeddings + adapter + visual head      image CE + cell loss (alpha=0, beta=1, cell 1)
     better  new embeddings + text head + adapter + visual head   alpha*text + beta*image, interleaved
-    onestage (ablation) the `better` set from the base model, all data at once
+    onestage (ablation) the `better` set from the base model, all data at once (+ cell loss)
+
+The cell loss (ArmorLoss) is a train-only head on the adapter's output that names the object
+in the 3x3 cell of each code being predicted: it teaches the adapter which phrase of the prompt
+a code belongs to directly, not through 1,024 codes (docs/model-card.md: 2000 `how` steps give
+all-correct 0.21 with it, 0.055 without).
 
 `how` trains the code embeddings too, at the cost of the frozen decoder's backward pass: the
 adapter reads the codes drawn so far only through the decoder's hidden states, and through a
@@ -48,7 +53,7 @@ from runtime.constants import TRAIN_STATE_FILE
 from runtime.image import to_unit_range
 from training_ref import world
 from training_ref.checkpoint import load_checkpoint, save_checkpoint
-from training_ref.data import IGNORE, Batch, CodeCache, make_batch
+from training_ref.data import CELL_CLASSES, IGNORE, Batch, CodeCache, make_batch
 from training_ref.model import ArmorModel
 
 log = logging.getLogger(__name__)
@@ -70,6 +75,7 @@ class Stage:
     # phase scenes have 1..world.MAX_OBJECTS objects. Single objects first make the drawn colour
     # follow the prompt's colour word (docs/model-card.md).
     curriculum: tuple[tuple[float, int], ...] = ()
+    cell_weight: float = 0.0  # weight of the auxiliary cell loss (ArmorLoss); 0 = none
 
     def max_objects(self, step: int, steps: int) -> int:
         """The object cap of the scenes drawn at `step` of `steps`."""
@@ -88,12 +94,12 @@ STAGES = {
     "what": Stage("what", ("new_embeddings", "text_head"), 1.0, 0.0,
                   (("t2t", 0.1), ("ti2t", 0.3), ("t2i", 0.3), ("t2ti", 0.3)), 2e-3),
     "how": Stage("how", ("new_embeddings", "adapter", "visual_head"), 0.0, 1.0,
-                 (("t2i", 0.6), ("t2ti", 0.4)), 1.5e-3, p_uncond=0.1, curriculum=CURRICULUM),
+                 (("t2i", 0.6), ("t2ti", 0.4)), 1.5e-3, p_uncond=0.1, curriculum=CURRICULUM, cell_weight=1.0),
     "better": Stage("better", ("new_embeddings", "text_head", "adapter", "visual_head"), 1.0, 1.0,
                     (("t2t", 0.1), ("ti2t", 0.3), ("t2i", 0.2), ("t2ti", 0.4)), 5e-4, p_uncond=0.1),
     "onestage": Stage("onestage", ("new_embeddings", "text_head", "adapter", "visual_head"), 1.0, 1.0,
                       (("t2t", 0.1), ("ti2t", 0.3), ("t2i", 0.3), ("t2ti", 0.3)), 2e-3, p_uncond=0.1,
-                      curriculum=CURRICULUM),
+                      curriculum=CURRICULUM, cell_weight=1.0),
 }
 WOHG = ("what", "how", "better")
 
@@ -113,11 +119,18 @@ def set_trainable(model: ArmorModel, stage: Stage) -> list[torch.nn.Parameter]:
 
 
 class ArmorLoss(torch.nn.Module):
-    """alpha * text CE + beta * image CE over a batch (the module DDP wraps)."""
+    """alpha * text CE + beta * image CE (+ cell_weight * the cell loss) over a batch (the module
+    DDP wraps).
 
-    def __init__(self, model: ArmorModel, alpha: float, beta: float):
+    The cell loss is train-only: a linear head on the adapter's output at each segment input
+    names the (colour, shape, size) of the object in the cell of the code it predicts
+    (data.cell_labels). It is never saved with the model; its weights travel in the stage's
+    optimizer file so a resumed stage continues it."""
+
+    def __init__(self, model: ArmorModel, alpha: float, beta: float, cell_weight: float = 0.0):
         super().__init__()
-        self.model, self.alpha, self.beta = model, alpha, beta
+        self.model, self.alpha, self.beta, self.cell_weight = model, alpha, beta, cell_weight
+        self.cell_head = torch.nn.Linear(model.config.hidden_size, sum(CELL_CLASSES)) if cell_weight else None
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         m, cfg = self.model, self.model.config
@@ -151,6 +164,12 @@ class ArmorLoss(torch.nn.Module):
             image = F.cross_entropy(logits.flatten(0, 1), batch.image_labels.flatten())
             loss = loss + self.beta * image
             stats["image"] = image.item()
+            if self.cell_head is not None and bool((batch.image_cells != IGNORE).any()):
+                parts = self.cell_head(x).split(CELL_CLASSES, -1)  # 3 x [B_img, N+1, classes]
+                cell = sum(F.cross_entropy(z.flatten(0, 1), batch.image_cells[..., k].flatten(), ignore_index=IGNORE)
+                           for k, z in enumerate(parts)) / len(parts)
+                loss = loss + self.cell_weight * cell
+                stats["cell"] = cell.item()
         return loss, stats
 
 
@@ -203,14 +222,19 @@ def train_stage(model: ArmorModel, tokenizer, stage: Stage, out_dir: Path, steps
         log.info("resuming stage %s at step %d", stage.name, start)
     model.train()
     params = set_trainable(model, stage)
+    step_fn = _vq_step if stage.name == "vq" else _armor_step
+    loss_module = (VQLoss(model.vqgan) if stage.name == "vq"
+                   else ArmorLoss(model, stage.alpha, stage.beta, stage.cell_weight))
+    train_only = dict(loss_module.cell_head.named_parameters()) if getattr(loss_module, "cell_head", None) else {}
+    params += list(train_only.values())  # last: the model's parameter indices in OPTIM_FILE stay as they were
     opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.0 if stage.name == "vq" else 0.01,
                             betas=(0.9, 0.95))
     if start and (out_dir / OPTIM_FILE).is_file():
-        _load_optimizer(opt, params, out_dir / OPTIM_FILE, start)
-    step_fn = _vq_step if stage.name == "vq" else _armor_step
-    loss_module = VQLoss(model.vqgan) if stage.name == "vq" else ArmorLoss(model, stage.alpha, stage.beta)
+        _load_optimizer(opt, params, out_dir / OPTIM_FILE, start, train_only)
     if world_size > 1:
-        loss_module = torch.nn.parallel.DistributedDataParallel(loss_module, find_unused_parameters=True)
+        # the VQGAN uses every parameter each step; an ARMOR batch may lack a head's inputs
+        loss_module = torch.nn.parallel.DistributedDataParallel(loss_module,
+                                                                find_unused_parameters=stage.name != "vq")
     codes = None if stage.name == "vq" else CodeCache(model.vqgan, model.config.vqgan["resolution"])
     vision_size = model.mllm.config.vision_config.image_size[0]
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage.name, disable=not progress or rank != 0)
@@ -228,16 +252,17 @@ def train_stage(model: ArmorModel, tokenizer, stage: Stage, out_dir: Path, steps
             opt.step()
             bar.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v:.3f}" for k, v in stats.items()})
             if stage.name == "vq" and step % 100 == 99 and step < 0.8 * steps:  # then let the codebook settle
-                _reseed_dead_codes(model, rng, world_size)
+                # one stream for every rank (not the rank's data stream): the replicas stay equal
+                _reseed_dead_codes(model, np.random.default_rng([seed, list(STAGES).index(stage.name), step, 1 << 20]))
             done = step + 1 == steps
             if (step + 1) % save_every == 0 or done or stop.requested or time.monotonic() - last_save >= save_seconds:
-                _save(model, tokenizer, opt, params, out_dir, stage, step + 1, done, rank)
+                _save(model, tokenizer, opt, params, out_dir, stage, step + 1, done, rank, train_only)
                 last_save = time.monotonic()
             if stop.requested and not done:
                 log.warning("stage %s saved at step %d of %d; run the same command to resume", stage.name, step + 1, steps)
                 raise KeyboardInterrupt(stop.requested)
     if steps == start:  # nothing left to do but mark completion
-        _save(model, tokenizer, opt, params, out_dir, stage, steps, True, rank)
+        _save(model, tokenizer, opt, params, out_dir, stage, steps, True, rank, train_only)
     if world_size > 1:
         _check_replicas_agree(params, out_dir, rank)
     return model
@@ -297,12 +322,13 @@ def _vq_step(model, loss_module, stage, rng, batch_size, tokenizer, codes, visio
 
 
 @torch.no_grad()
-def _reseed_dead_codes(model: ArmorModel, rng: np.random.Generator, world_size: int) -> None:
+def _reseed_dead_codes(model: ArmorModel, rng: np.random.Generator) -> None:
     """Codes no image of a probe batch uses are moved onto encoder outputs drawn with
     probability proportional to their quantization error.
 
     Uniform draws land mostly on the world's (white) background patches, so spare codes go
-    where reconstruction needs them least."""
+    where reconstruction needs them least. Under DDP every rank draws the same probe (`rng`
+    is shared) and rank 0's codebook is broadcast, so the replicas stay identical."""
     vq, res = model.vqgan, model.config.vqgan["resolution"]
     pixels = torch.from_numpy(np.stack([to_unit_range(world.render(world.sample_scene(rng), res), res)
                                         for _ in range(64)]))
@@ -311,18 +337,19 @@ def _reseed_dead_codes(model: ArmorModel, rng: np.random.Generator, world_size: 
     used = torch.zeros(vq.quantize.embedding.num_embeddings, dtype=torch.bool)
     used[codes.flatten()] = True
     dead = (~used).nonzero().flatten()
-    if len(dead) and world_size == 1:  # with DDP the replicas would diverge: skipped there
+    if len(dead):
         flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # [N, D]
         err = (flat - vq.quantize.embedding.weight[codes.flatten()]).pow(2).sum(1).double().numpy()
-        if err.sum() <= 0:
-            return
         n = min(len(dead), int((err > 0).sum()))
-        pick = torch.from_numpy(rng.choice(len(flat), n, replace=False, p=err / err.sum()))
-        vq.quantize.embedding.weight[dead[:n]] = flat[pick]
-        log.debug("re-seeded %d of %d dead codes", n, len(dead))
+        if n:
+            pick = torch.from_numpy(rng.choice(len(flat), n, replace=False, p=err / err.sum()))
+            vq.quantize.embedding.weight[dead[:n]] = flat[pick]
+            log.debug("re-seeded %d of %d dead codes", n, len(dead))
+    if dist.is_initialized():
+        dist.broadcast(vq.quantize.embedding.weight.data, 0)
 
 
-def _save(model, tokenizer, opt, params, out_dir, stage, step, done, rank) -> None:
+def _save(model, tokenizer, opt, params, out_dir, stage, step, done, rank, train_only=None) -> None:
     if rank != 0:
         if dist.is_initialized():
             dist.barrier()
@@ -335,6 +362,8 @@ def _save(model, tokenizer, opt, params, out_dir, stage, step, done, rank) -> No
             moments[f"{index[id(p)]}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
             # a parameter's own Adam step: fewer than the stage's when its first gradient came late
             moments[f"{index[id(p)]}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
+    for name, p in (train_only or {}).items():  # train-only weights (the cell head): not in the checkpoint
+        moments[f"train_only.{name}"] = p.detach().contiguous()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(str(out_dir) + ".optim.tmp")
     save_file(moments, str(tmp))
@@ -345,8 +374,12 @@ def _save(model, tokenizer, opt, params, out_dir, stage, step, done, rank) -> No
         dist.barrier()
 
 
-def _load_optimizer(opt, params, path: Path, step: int) -> None:
+def _load_optimizer(opt, params, path: Path, step: int, train_only=None) -> None:
     moments = load_file(str(path))
+    with torch.no_grad():
+        for name, p in (train_only or {}).items():
+            if f"train_only.{name}" in moments:
+                p.copy_(moments[f"train_only.{name}"])
     for i, p in enumerate(params):
         if f"{i}.exp_avg" in moments:
             own = moments.get(f"{i}.step")  # absent in files written before it was saved

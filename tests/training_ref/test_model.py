@@ -143,3 +143,43 @@ def test_loss_weights_select_heads(tiny_model, tokenizer):
         _, text_only = train.ArmorLoss(tiny_model, 1.0, 0.0)(batch)
         _, image_only = train.ArmorLoss(tiny_model, 0.0, 1.0)(batch)
     assert set(text_only) == {"text"} and set(image_only) == {"image"}
+
+
+def test_cell_labels_name_the_object_of_each_patch_cell():
+    from training_ref.data import IGNORE, cell_labels
+
+    scene = world.canonical([world.Obj("circle", "red", "top left", "small"),
+                             world.Obj("triangle", "orange", "bottom right", "large")])
+    cells = cell_labels(scene, (8, 8)).reshape(8, 8, 3)
+    # patch centres 4, 12, 20 | 28, 36 | 44, 52, 60 px of 64: cells of 3, 2 and 3 patches a side
+    red, circle, small = 1 + list(world.COLOURS).index("red"), 1 + world.SHAPES.index("circle"), 1
+    assert (cells[:3, :3] == (red, circle, small)).all()
+    orange, triangle, large = 1 + list(world.COLOURS).index("orange"), 1 + world.SHAPES.index("triangle"), 2
+    assert (cells[5:, 5:] == (orange, triangle, large)).all()
+    assert (cells[3:5].sum() == 0) and (cells[:3, 3:].sum() == 0)  # empty cells: 0
+    assert IGNORE < 0
+
+
+def test_cell_loss_trains_its_head_and_skips_unconditional_images(tiny_model, tokenizer):
+    from training_ref.data import IGNORE
+
+    rng = np.random.default_rng(3)
+    codes = CodeCache(tiny_model.vqgan, 64)
+    batch = make_batch(rng, {"t2i": 1, "t2ti": 1}, 8, tokenizer, tiny_model.config, codes, 64, p_uncond=0.5)
+    cells = batch.image_cells  # [B_img, N+1, 3]
+    assert cells.shape == (len(batch.image_rows), tiny_model.config.n_grid + 1, 3)
+    assert (cells[:, -1] == IGNORE).all()  # `<imgend>`'s input has no cell
+    uncond = (cells[:, :-1] == IGNORE).all(-1).all(-1)
+    assert 0 < int(uncond.sum()) < len(uncond)  # p_uncond=0.5: some rows of each kind
+    assert (cells[~uncond, :-1] >= 0).all()
+    train.set_trainable(tiny_model, train.STAGES["how"])
+    loss_module = train.ArmorLoss(tiny_model, 0.0, 1.0, cell_weight=0.5)
+    loss, stats = loss_module(batch)
+    assert set(stats) == {"image", "cell"}
+    assert loss.item() == pytest.approx(stats["image"] + 0.5 * stats["cell"], rel=1e-5)
+    loss.backward()
+    assert loss_module.cell_head.weight.grad.abs().sum() > 0
+    assert not any("cell_head" in n for n in tiny_model.state_dict())  # train-only: never in the model
+    tiny_model.zero_grad(set_to_none=True)
+    for p in tiny_model.parameters():
+        p.requires_grad_(False)

@@ -31,7 +31,11 @@ def test_armor_train_tiny_max_steps_end_to_end(tmp_path):
     assert not list(out.glob(".*tmp*")), "temporary folders left behind"
 
 
-def test_resume_continues_from_last_checkpoint(tmp_path, tokenizer):
+@pytest.mark.parametrize("stage_name", ["base", "how+cell"])
+def test_resume_continues_from_last_checkpoint(tmp_path, tokenizer, stage_name):
+    """... also the train-only cell head of `how`, which travels in the optimizer file."""
+    import dataclasses
+
     import torch
 
     from training_ref import train
@@ -39,8 +43,10 @@ def test_resume_continues_from_last_checkpoint(tmp_path, tokenizer):
     from training_ref.model import ArmorModel
 
     torch.manual_seed(0)
-    stage = train.STAGES["base"]
-    out = tmp_path / "base"
+    stage = train.STAGES[stage_name.split("+")[0]]
+    if stage_name.endswith("+cell"):
+        stage = dataclasses.replace(stage, cell_weight=1.0)
+    out = tmp_path / stage.name
     # a run "killed" after 4 of 6 steps: its last checkpoint says step 4, not done
     train.train_stage(ArmorModel(tiny_config(tokenizer)), tokenizer, stage, out, 4, 2, seed=0,
                       save_every=2, progress=False)
@@ -49,7 +55,7 @@ def test_resume_continues_from_last_checkpoint(tmp_path, tokenizer):
     (out / TRAIN_STATE_FILE).write_text(json.dumps(state))
     resumed = train.train_stage(ArmorModel(tiny_config(tokenizer)), tokenizer, stage, out, 6, 2, seed=0,
                                 save_every=2, progress=False)
-    assert json.loads((out / TRAIN_STATE_FILE).read_text()) == {"stage": "base", "step": 6, "done": True}
+    assert json.loads((out / TRAIN_STATE_FILE).read_text()) == {"stage": stage.name, "step": 6, "done": True}
     # the same 6 steps in one go give the same weights: same data stream, restored optimizer
     torch.manual_seed(0)
     straight = train.train_stage(ArmorModel(tiny_config(tokenizer)), tokenizer, stage, tmp_path / "straight",
@@ -139,15 +145,51 @@ def test_time_based_saves(tmp_path, tokenizer):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
+    """Under torchrun; 130 vq steps include a dead-code re-seed (step 100), which must leave the
+    replicas' codebooks equal."""
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           "-m", "training_ref.cli", "--preset", "tiny", "--out", str(out), "--stages", "vq", "base",
-           "--max-steps", "3", "--batch-size", "2", "--quiet"]
+           "-m", "training_ref.cli", "--preset", "tiny", "--out", str(out), "--stages", "vq",
+           "--max-steps", "130", "--batch-size", "2", "--quiet"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     check = json.loads((out / "ddp_check.json").read_text())
     assert check["world_size"] == 2 and check["max_param_sum_diff"] <= 1e-9 and check["n_params"] > 0
+
+
+@pytest.mark.slow
+def test_workers_stop_on_sigterm_and_save(tmp_path):
+    """armor-train --workers 2 starts DDP workers itself; SIGTERM to it reaches them once: they
+    save the step in progress, it exits 143 with one line, and no worker is left running."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "training_ref.cli", "--preset", "tiny", "--out", str(out), "--stages", "base",
+           "--workers", "2", "--max-steps", "100000", "--batch-size", "2", "--save-every", "5", "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    state = out / "base" / TRAIN_STATE_FILE
+    deadline = time.time() + 300
+    while not state.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert state.is_file(), "no save within 300 s"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1] == "armor-train: error: terminated"
+    saved = json.loads(state.read_text())
+    assert saved["done"] is False and 5 <= saved["step"] < 100000
+    left = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
+    assert not left, f"workers still running: {left}"
+
+
+def test_workers_must_divide_the_batch(tmp_path, capsys):
+    assert main(["--preset", "tiny", "--out", str(tmp_path / "o"), "--workers", "3", "--batch-size", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--workers 3 must divide" in err[0]
+    assert not (tmp_path / "o").exists()
 
 
 def test_curriculum_draws_single_objects_first():
