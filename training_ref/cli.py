@@ -12,7 +12,7 @@ The final checkpoint is `--out/final` (fp16 with `--dtype float16`). Only the CL
 `--workers N` (the tiny preset's default: 2) trains data-parallel: this command checks its
 arguments, then starts N processes under torchrun (DDP over gloo), the cores split between
 them, each drawing batch / N samples a step. Tiny models run faster that way than as one
-process with N threads (docs/model-card.md); a stop signal reaches the workers, which save.
+process with N threads (docs/design.md); a stop signal reaches the workers, which save.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def check_args(args: argparse.Namespace, workers: int) -> None:
 
 
 def launch_workers(argv: list[str], workers: int) -> int:
-    """Run this command as `workers` DDP processes under torchrun; their exit code.
+    """Run this command as `workers` DDP processes under torchrun: 0, or RuntimeError if one failed.
 
     The workers run in a session of their own, so a stop signal reaches them once, through
     torchrun (which forwards it): each saves the step in progress and stops."""

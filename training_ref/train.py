@@ -11,8 +11,8 @@ always frozen, and
 
 The cell loss (ArmorLoss) is a train-only head on the adapter's output that names the object
 in the 3x3 cell of each code being predicted: it teaches the adapter which phrase of the prompt
-a code belongs to directly, not through 1,024 codes (docs/model-card.md: 2000 `how` steps give
-all-correct 0.21 with it, 0.055 without).
+a code belongs to directly, not through 1,024 codes (docs/model-card.md's trials: 2000 `how`
+steps give all-correct 0.21 with it, 0.055 without).
 
 `how` trains the code embeddings too, at the cost of the frozen decoder's backward pass: the
 adapter reads the codes drawn so far only through the decoder's hidden states, and through a
