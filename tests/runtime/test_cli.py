@@ -104,17 +104,18 @@ def test_jacobi_on_tiny_armor_run_and_bench(tiny_bundle, tmp_path, capsys):
 FIVE_PROMPTS = [
     ("Draw a green triangle in the top right.", [("triangle", "green", "top right")], None),
     ("draw two blue squares.", [("square", "blue", None), ("square", "blue", None)], None),
-    ("draw a purple square on the left and an orange circle on the right.",
-     [("square", "purple", "left"), ("circle", "orange", "right")], None),
+    # the shipped tiny draws the circle purple (attribute binding; docs/model-card.md); strict,
+    # so that a checkpoint that answers it turns this into a failure until the marker goes
+    pytest.param("draw a purple square on the left and an orange circle on the right.",
+                 [("square", "purple", "left"), ("circle", "orange", "right")], None,
+                 marks=pytest.mark.xfail(strict=True, raises=AssertionError,
+                                         reason="issue 15: the shipped tiny draws the orange circle purple")),
     ("what is 3 plus 4?", None, "7"),
     ("show me a blue triangle and tell me its position.", [("triangle", "blue", None)], "position"),
 ]
 
 
-# The shipped tiny is still v1 (template phrasing only) and fails all five; strict, so that
-# shipping a v2 that answers them turns these into failures until the marker goes.
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 15: the shipped tiny (v1) reads only its world's template phrasing")
-@pytest.mark.parametrize("prompt,objects,text", FIVE_PROMPTS, ids=[p[0] for p in FIVE_PROMPTS])
+@pytest.mark.parametrize("prompt,objects,text", FIVE_PROMPTS, ids=[p.values[0] if hasattr(p, "values") else p[0] for p in FIVE_PROMPTS])
 def test_armor_run_on_tiny_answers_what_people_type(tiny_bundle, tmp_path, capsys, prompt, objects, text):
     from training_ref import shapeeval, world
 
