@@ -16,6 +16,8 @@ needs_llama = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                                  reason="llama-cpp-python is not installed (pip install 'armor-edge[gguf]')")
 pytest.importorskip("gguf", reason="gguf-py is not installed (pip install 'armor-edge[gguf]')")
 
+from armor_export.gguf import GGUFExportError  # noqa: E402  (after the skip: it imports gguf)
+
 
 def test_file_holds_the_unified_vocabulary_text_head_and_armor_keys(tiny_model, tokenizer, tmp_path):
     import gguf
@@ -97,9 +99,15 @@ def test_llama_cpp_f32_matches_pytorch(random_gguf_bundle):
     assert report["max_abs_diff_logits"] < 1e-3 and report["max_abs_diff_hidden"] < 1e-3
 
 
+# q4_k_m of the shipped v2 tiny loses 2 of 40 images (ShapeEval 82.5 -> 77.5, gate 3 points) and
+# is refused (docs/benchmarks.md); strict, so that a q4_k_m that passes turns this into a failure
+Q4_REFUSED = pytest.mark.xfail(strict=True, raises=GGUFExportError,
+                               reason="q4_k_m of the v2 tiny drops ShapeEval 5 points on 40 prompts (gate 3)")
+
+
 @needs_llama
 @pytest.mark.slow
-@pytest.mark.parametrize("gguf_type", ["f16", "q8_0", "q4_k_m"])
+@pytest.mark.parametrize("gguf_type", ["f16", "q8_0", pytest.param("q4_k_m", marks=Q4_REFUSED)])
 def test_quantized_types_by_llama_cpp_with_their_report(tmp_path, tiny_bundle, tiny_checkpoint, gguf_type):
     import gguf
 
