@@ -6,7 +6,8 @@
     armor-train --preset proxy-1b --out runs/proxy --stages   # random weights, no training
 
 The tiny pipeline: tokenizer -> vq -> base -> what -> how -> better (WoHG), each stage in its
-own folder under --out, resumable; `--ablation` also trains the 1-stage model from `base`.
+own folder under --out, resumable; `--ablation` also trains the 1-stage model from `base`
+(`--stages --ablation`: only that, from the run's `base`, leaving its `final` as it was).
 The final checkpoint is `--out/final` (fp16 with `--dtype float16`). Only the CLI prints.
 
 `--workers N` (the tiny preset's default: 2) trains data-parallel: this command checks its
@@ -160,7 +161,9 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             base_model = args.out / name
     final = args.out / "final"
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    if rank == 0:
+    if rank == 0 and not stages and args.ablation:  # only the ablation was asked for: keep the run's `final`
+        log.info("no stage ran: %s left as it was", final)
+    elif rank == 0:
         dtype = getattr(torch, args.dtype)
         save_checkpoint(model, tokenizer, final, dtype=dtype)
         log.info("final checkpoint: %s (%s)", final, args.dtype)
@@ -180,7 +183,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         if rank == 0:
             save_checkpoint(abl, tokenizer, args.out / "final-onestage", dtype=getattr(torch, args.dtype))
     if rank == 0:
-        print(f"armor-train: done in {time.time() - t0:.0f} s; checkpoint {final}")
+        written = args.out / "final-onestage" if args.ablation and not stages else final
+        print(f"armor-train: done in {time.time() - t0:.0f} s; checkpoint {written}")
     if world_size > 1:
         torch.distributed.destroy_process_group()
     return 0

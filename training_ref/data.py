@@ -21,7 +21,7 @@ It knows the sequence layout and the world's samples; not the optimizer or the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -122,8 +122,9 @@ def cell_labels(scene: tuple, grid: tuple[int, int]) -> np.ndarray:
 
 
 def encode_sample(sample: world.Sample, tokenizer, cfg: ArmorConfig, codes: list[int] | None,
-                  unconditional: bool = False) -> Encoded:
-    """One sample -> ids and labels. `codes` are the codes of the sample's (single) generated image."""
+                  unconditional: bool = False, train_text: bool = True) -> Encoded:
+    """One sample -> ids and labels. `codes` are the codes of the sample's (single) generated image;
+    with train_text=False no token is a text target (the image alone is learnt)."""
     tok = lambda s: tokenizer.encode(s, add_special_tokens=False).ids  # noqa: E731
     if unconditional:
         content, answer = "", [p for p in sample.answer if not isinstance(p, str)]
@@ -147,7 +148,7 @@ def encode_sample(sample: world.Sample, tokenizer, cfg: ArmorConfig, codes: list
                 image_cells[:-1] = cell_labels(part, cfg.image_grid)
     ids.append(cfg.eos_token_id)
     text_labels = [IGNORE] * len(ids)
-    if not unconditional:
+    if train_text and not unconditional:
         for t in range(prompt_len - 1, len(ids) - 1):
             nxt = ids[t + 1]
             if nxt < cfg.n_text_vocab:
@@ -186,20 +187,31 @@ def collate(items: list[Encoded], cfg: ArmorConfig, vision_size: int) -> Batch:
 
 def make_batch(rng: np.random.Generator, mix: dict[str, float], batch_size: int, tokenizer, cfg: ArmorConfig,
                code_cache: CodeCache | None, vision_size: int, p_uncond: float = 0.0,
-               max_objects: int = world.MAX_OBJECTS) -> Batch:
+               max_objects: int = world.MAX_OBJECTS, p_text_leads: float = 0.0) -> Batch:
     """Draw `batch_size` training samples with the mode mixture `mix` and collate them.
 
     `max_objects` caps the objects of the scenes to draw (t2i, t2ti); see world.make_sample.
+    `p_uncond`: the share of t2i / t2ti samples with neither prompt nor text (CFG's unconditional
+    branch). `p_text_leads`: the share of the other t2ti samples whose prompt is another
+    sample's, so their "here is ..." text alone says what to draw: the image learns to follow
+    the answer's own text where the two disagree (at inference that text is the model's, and
+    sometimes restates the request wrongly). Those samples train no text.
     """
     modes = list(mix)
     probs = np.array([mix[m] for m in modes], dtype=np.float64)
     samples = [world.make_sample(rng, str(rng.choice(modes, p=probs / probs.sum())), max_objects=max_objects)
                for _ in range(batch_size)]
     uncond = [s.mode in ("t2i", "t2ti") and rng.random() < p_uncond for s in samples]
+    leads = [s.mode == "t2ti" and not u and p_text_leads > 0 and rng.random() < p_text_leads
+             for s, u in zip(samples, uncond)]
+    for i in np.flatnonzero(leads):
+        other = world.make_sample(rng, "t2ti", max_objects=max_objects)
+        samples[i] = replace(samples[i], prompt=other.prompt, request=other.request)
     out_scenes = [next((p for p in s.answer if not isinstance(p, str)), None) for s in samples]
     wanted = [sc for sc in out_scenes if sc is not None]
     if wanted and code_cache is None:
         raise ValueError("image-generation samples need the VQGAN codes (train the vq stage first)")
     codes = dict(zip(wanted, code_cache(wanted))) if wanted else {}
-    items = [encode_sample(s, tokenizer, cfg, codes.get(sc), u) for s, sc, u in zip(samples, out_scenes, uncond)]
+    items = [encode_sample(s, tokenizer, cfg, codes.get(sc), u, train_text=not lead)
+             for s, sc, u, lead in zip(samples, out_scenes, uncond, leads)]
     return collate(items, cfg, vision_size)

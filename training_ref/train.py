@@ -76,6 +76,9 @@ class Stage:
     # follow the prompt's colour word (docs/model-card.md).
     curriculum: tuple[tuple[float, int], ...] = ()
     cell_weight: float = 0.0  # weight of the auxiliary cell loss (ArmorLoss); 0 = none
+    # share of t2ti samples whose image follows the answer's own text, not the prompt (data.make_batch);
+    # no shipped stage uses it (its trial: docs/model-card.md)
+    p_text_leads: float = 0.0
 
     def max_objects(self, step: int, steps: int) -> int:
         """The object cap of the scenes drawn at `step` of `steps`."""
@@ -310,7 +313,7 @@ def _recover(out_dir: Path) -> None:
 
 def _armor_step(model, loss_module, stage, rng, batch_size, tokenizer, codes, vision_size, max_objects):
     batch = make_batch(rng, dict(stage.mix), batch_size, tokenizer, model.config, codes, vision_size, stage.p_uncond,
-                       max_objects)
+                       max_objects, stage.p_text_leads)
     return loss_module(batch)
 
 

@@ -183,3 +183,25 @@ def test_cell_loss_trains_its_head_and_skips_unconditional_images(tiny_model, to
     tiny_model.zero_grad(set_to_none=True)
     for p in tiny_model.parameters():
         p.requires_grad_(False)
+
+
+def test_text_leads_samples_keep_the_answer_swap_the_prompt_and_train_no_text(tiny_model, tokenizer):
+    from training_ref.data import IGNORE
+
+    cfg, codes = tiny_model.config, CodeCache(tiny_model.vqgan, 64)
+
+    def draw(p):  # the same samples, then (p > 0) the prompt swaps
+        return make_batch(np.random.default_rng(5), {"t2ti": 1}, 4, tokenizer, cfg, codes, 64, p_text_leads=p)
+
+    def split(row):  # (user turn, assistant turn) of a row's text
+        text = tokenizer.decode([int(i) for i in row if i < cfg.n_text_vocab])
+        return text.split("assistant", 1)
+
+    plain, led = draw(0.0), draw(1.0)
+    assert (plain.text_labels != IGNORE).any(1).all()
+    assert (led.text_labels == IGNORE).all()  # the swapped prompt and its answer teach no text
+    assert torch.equal(plain.image_labels, led.image_labels)  # the same images to draw ...
+    assert (led.image_cells[:, :-1] != IGNORE).all()  # ... with their cells
+    for a, b in zip(plain.ids, led.ids):
+        (prompt_a, answer_a), (prompt_b, answer_b) = split(a), split(b)
+        assert answer_a == answer_b and prompt_a != prompt_b  # "here is ..." stays; the request is another's

@@ -29,6 +29,11 @@ def test_armor_train_tiny_max_steps_end_to_end(tmp_path):
     assert json.loads((out / "final" / CONFIG_FILE).read_text())["dtype"] == "float16"
     assert (out / "final-onestage" / MODEL_FILE).is_file()
     assert not list(out.glob(".*tmp*")), "temporary folders left behind"
+    # the ablation alone, later, from the run's `base`: the run's `final` stays as it was
+    before = (out / "final" / MODEL_FILE).read_bytes()
+    assert main(["--preset", "tiny", "--out", str(out), "--stages", "--ablation", "--max-steps", "20",
+                 "--batch-size", "4", "--quiet", "--workers", "1"]) == 0
+    assert (out / "final" / MODEL_FILE).read_bytes() == before
 
 
 @pytest.mark.parametrize("stage_name", ["base", "how+cell"])
@@ -198,4 +203,5 @@ def test_curriculum_draws_single_objects_first():
     assert caps[0] == 1 and caps[-1] == 3 and caps == sorted(caps)  # 1, then <= 2, then 1-3
     assert sum(c == 1 for c in caps) == round(train.CURRICULUM[0][0] * 1000)
     assert train.STAGES["onestage"].curriculum == how.curriculum  # the ablation sees the same data
+    assert train.STAGES["onestage"].p_text_leads == how.p_text_leads
     assert all(train.STAGES[s].max_objects(0, 10) == 3 for s in ("what", "better"))
