@@ -14,7 +14,7 @@ if [ -e "$R" ]; then
   exit 2
 fi
 mkdir -p "$R/logs"
-export OMP_WAIT_POLICY=PASSIVE
+export OMP_WAIT_POLICY=PASSIVE TQDM_DISABLE=1  # no progress bars in the logs
 BIN=.venv/bin
 
 step() {  # step NAME COMMAND...: run it, keep its output; non-zero (under set -e: the end) on failure
