@@ -258,12 +258,17 @@ def train_stage(model: ArmorModel, tokenizer, stage: Stage, out_dir: Path, steps
                 # one stream for every rank (not the rank's data stream): the replicas stay equal
                 _reseed_dead_codes(model, np.random.default_rng([seed, list(STAGES).index(stage.name), step, 1 << 20]))
             done = step + 1 == steps
-            if (step + 1) % save_every == 0 or done or stop.requested or time.monotonic() - last_save >= save_seconds:
+            stopping, timed = bool(stop.requested), time.monotonic() - last_save >= save_seconds
+            if world_size > 1:  # all ranks stop and save after the same step, else one waits for the others forever
+                flags = torch.tensor([int(stopping), int(timed)])
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                stopping, timed = bool(flags[0]), bool(flags[1])
+            if (step + 1) % save_every == 0 or done or stopping or timed:
                 _save(model, tokenizer, opt, params, out_dir, stage, step + 1, done, rank, train_only)
                 last_save = time.monotonic()
-            if stop.requested and not done:
+            if stopping and not done:
                 log.warning("stage %s saved at step %d of %d; run the same command to resume", stage.name, step + 1, steps)
-                raise KeyboardInterrupt(stop.requested)
+                raise KeyboardInterrupt(stop.requested or "terminated")
     if steps == start:  # nothing left to do but mark completion
         _save(model, tokenizer, opt, params, out_dir, stage, steps, True, rank, train_only)
     if world_size > 1:
