@@ -160,8 +160,9 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         if name == "base":
             base_model = args.out / name
     final = args.out / "final"
+    ablation_only = args.ablation and not stages  # the run's `final` stays as it was
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    if rank == 0 and not stages and args.ablation:  # only the ablation was asked for: keep the run's `final`
+    if rank == 0 and ablation_only:
         log.info("no stage ran: %s left as it was", final)
     elif rank == 0:
         dtype = getattr(torch, args.dtype)
@@ -183,7 +184,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         if rank == 0:
             save_checkpoint(abl, tokenizer, args.out / "final-onestage", dtype=getattr(torch, args.dtype))
     if rank == 0:
-        written = args.out / "final-onestage" if args.ablation and not stages else final
+        written = args.out / "final-onestage" if ablation_only else final
         print(f"armor-train: done in {time.time() - t0:.0f} s; checkpoint {written}")
     if world_size > 1:
         torch.distributed.destroy_process_group()
