@@ -19,6 +19,7 @@ process with N threads (docs/design.md); a stop signal reaches the workers, whic
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 
 from runtime.cliutil import ArgumentParser, boundary, number, whole, writable_folder
+from runtime.constants import TRAIN_STATE_FILE
 from runtime.errors import InputError
 from training_ref import train
 from training_ref.checkpoint import from_pretrained, load_checkpoint, proxy_1b_config, save_checkpoint, tiny_config
@@ -59,7 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vqgan", type=Path, help="a local Chameleon VQGAN checkpoint (with --from-pretrained)")
     p.add_argument("--out", type=Path, required=True, help="run folder; stages and `final` go here")
     p.add_argument("--stages", nargs="*", choices=tuple(train.STAGES),
-                   help="stages to run (default: the preset's pipeline; none for proxy-1b)")
+                   help="stages to run (default: the preset's pipeline; none for proxy-1b); the first "
+                        "continues from the run's previous stage when --out holds it complete")
     p.add_argument("--ablation", action="store_true", help="also train the 1-stage ablation from `base`")
     p.add_argument("--max-steps", type=whole(1), help="cap every stage at this many steps (>= 1)")
     p.add_argument("--batch-size", type=whole(1), help="samples per step (default: the preset's, per stage)")
@@ -123,6 +126,25 @@ def launch_workers(argv: list[str], workers: int) -> int:
     return 0
 
 
+def start_model(model: ArmorModel, stages: list[str], pipeline: list[str], out: Path) -> ArmorModel:
+    """The model the first requested stage trains: the run's previous stage of the pipeline when
+    --out holds it complete (`--stages what how` continues from `out/base`), else `model` as
+    built, with a warning (a stage from untrained weights is for tests and smoke runs)."""
+    if not stages or stages[0] not in pipeline or pipeline.index(stages[0]) == 0:
+        return model
+    before = pipeline[pipeline.index(stages[0]) - 1]
+    state = out / before / TRAIN_STATE_FILE
+    try:
+        done = json.loads(state.read_text()).get("done") is True
+    except (OSError, ValueError, AttributeError):
+        done = False
+    if not done:
+        log.warning("stage %s starts from untrained weights: %s holds no complete `%s` stage", stages[0], out, before)
+        return model
+    log.info("stage %s starts from %s", stages[0], out / before)
+    return load_checkpoint(out / before)[0]
+
+
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     workers = world_size if world_size > 1 else args.workers or (2 if args.preset == "tiny" else 1)
@@ -147,6 +169,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %s, %.2fM parameters; stages: %s", model.config.preset, n_params / 1e6, " ".join(stages) or "none")
+    pipeline = list(train.WOHG) if args.from_pretrained else ["vq", "base", *train.WOHG]
+    model = start_model(model, stages, pipeline, args.out)
     base_model = None
     for name in stages:
         steps, batch = schedule[name]

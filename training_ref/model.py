@@ -250,7 +250,8 @@ class ArmorModel(nn.Module):
             "decoder": [p for n, p in lm.named_parameters() if not n.startswith("embed_tokens")],
             "original_embeddings": [self.embedding.original.weight],
             "new_embeddings": [self.embedding.new.weight],
-            "text_head": list(self.mllm.lm_head.parameters()) + [self.imgbos_head.weight],
+            "text_head": list(self.mllm.lm_head.parameters()),  # the MLLM's own rows
+            "imgbos_head": [self.imgbos_head.weight],  # the text head's extra row
             "adapter": list(self.adapter.parameters()),
             "visual_head": list(self.visual_head.parameters()),
             "vision": list(self.mllm.model.vision_tower.parameters())

@@ -77,7 +77,7 @@ class Stage:
     curriculum: tuple[tuple[float, int], ...] = ()
     cell_weight: float = 0.0  # weight of the auxiliary cell loss (ArmorLoss); 0 = none
     # share of t2ti samples whose image follows the answer's own text, not the prompt (data.make_batch);
-    # no shipped stage uses it (its trial: docs/model-card.md)
+    # no shipped stage uses it (its trials: docs/model-card.md)
     p_text_leads: float = 0.0
 
     def max_objects(self, step: int, steps: int) -> int:
@@ -92,15 +92,16 @@ CURRICULUM = ((0.15, 1), (0.3, 2))  # the stages that first learn to draw: 1 obj
 
 STAGES = {
     "vq": Stage("vq", ("vqgan",), 0.0, 0.0, (), 1e-3),
-    "base": Stage("base", ("vision", "decoder", "original_embeddings", "text_head"), 1.0, 0.0,
+    "base": Stage("base", ("vision", "decoder", "original_embeddings", "text_head", "imgbos_head"), 1.0, 0.0,
                   (("t2t", 0.35), ("ti2t", 0.45), ("t2i", 0.1), ("t2ti", 0.1)), 2e-3),
-    "what": Stage("what", ("new_embeddings", "text_head"), 1.0, 0.0,
+    "what": Stage("what", ("new_embeddings", "text_head", "imgbos_head"), 1.0, 0.0,
                   (("t2t", 0.1), ("ti2t", 0.3), ("t2i", 0.3), ("t2ti", 0.3)), 2e-3),
     "how": Stage("how", ("new_embeddings", "adapter", "visual_head"), 0.0, 1.0,
                  (("t2i", 0.6), ("t2ti", 0.4)), 1.5e-3, p_uncond=0.1, curriculum=CURRICULUM, cell_weight=1.0),
-    "better": Stage("better", ("new_embeddings", "text_head", "adapter", "visual_head"), 1.0, 1.0,
+    "better": Stage("better", ("new_embeddings", "text_head", "imgbos_head", "adapter", "visual_head"), 1.0, 1.0,
                     (("t2t", 0.1), ("ti2t", 0.3), ("t2i", 0.2), ("t2ti", 0.4)), 5e-4, p_uncond=0.1),
-    "onestage": Stage("onestage", ("new_embeddings", "text_head", "adapter", "visual_head"), 1.0, 1.0,
+    "onestage": Stage("onestage", ("new_embeddings", "text_head", "imgbos_head", "adapter", "visual_head"),
+                      1.0, 1.0,
                       (("t2t", 0.1), ("ti2t", 0.3), ("t2i", 0.3), ("t2ti", 0.3)), 2e-3, p_uncond=0.1,
                       curriculum=CURRICULUM, cell_weight=1.0),
 }

@@ -1,5 +1,7 @@
 """The reference model: shapes of each entry point, the unified id space, the freeze table."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -78,7 +80,6 @@ def test_lm_head_is_not_tied_to_frozen_embeddings(tiny_model):
 def test_image_only_loss_is_exact_with_its_shortcuts(tiny_model, tokenizer):
     """The image-only loss's shortcuts (nothing decoded past the last image, as in `how`; no
     decoder graph when nothing below the adapter trains) give the full computation's loss."""
-    from dataclasses import replace
 
     rng = np.random.default_rng(1)
     batch = make_batch(rng, {"t2i": 1, "t2ti": 1}, 6, tokenizer, tiny_model.config, CodeCache(tiny_model.vqgan, 64), 64)
@@ -119,8 +120,9 @@ def test_wohg_freeze_table(tiny_model, tokenizer, stage_name):
     batch = make_batch(rng, mix, 8, tokenizer, model.config, CodeCache(model.vqgan, 64), 64)
     loss, _ = train.ArmorLoss(model, stage.alpha, stage.beta)(batch)
     loss.backward()
-    expected = {"what": {"new_embeddings", "text_head"}, "how": {"new_embeddings", "adapter", "visual_head"},
-                "better": {"new_embeddings", "text_head", "adapter", "visual_head"}}[stage_name]
+    expected = {"what": {"new_embeddings", "text_head", "imgbos_head"},
+                "how": {"new_embeddings", "adapter", "visual_head"},
+                "better": {"new_embeddings", "text_head", "imgbos_head", "adapter", "visual_head"}}[stage_name]
     for group, params in model.param_groups().items():
         for p in params:
             if group in expected:
@@ -131,6 +133,39 @@ def test_wohg_freeze_table(tiny_model, tokenizer, stage_name):
                 assert p.grad is None, f"{group} received a gradient in {stage_name}"
     for group in train.ALWAYS_FROZEN:
         assert group not in expected
+    model.zero_grad(set_to_none=True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+@pytest.mark.parametrize("frozen_head", [False, True], ids=["how", "how-like-with-imgbos"])
+def test_a_stage_without_the_text_head_leaves_text_only_answers_as_base(tiny_model, tokenizer, frozen_head):
+    """Steps of `how` (all its modes, the cell loss included) change no text logit of a text-only
+    input: t2t / ti2t answers stay the base's. With `<imgbos>`'s row trainable too (the head's
+    extra row is its own group), only that logit moves: a stage can train when to start an image
+    without touching the MLLM's text rows."""
+    model = tiny_model
+    stage = train.STAGES["how"]
+    if frozen_head:
+        stage = replace(stage, trainable=stage.trainable + ("imgbos_head",), alpha=1.0,
+                        mix=(("t2t", 0.2), ("ti2t", 0.2), ("t2i", 0.3), ("t2ti", 0.3)))
+    ids = torch.randint(10, model.config.n_text_vocab, (2, 12))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        ref = model.text_logits(model.decode(model.embed(ids))[0])  # [2, 12, V + 1]
+    loss_module = train.ArmorLoss(model, stage.alpha, stage.beta, cell_weight=stage.cell_weight)
+    opt = torch.optim.AdamW(train.set_trainable(model, stage) + list(loss_module.cell_head.parameters()), lr=1e-2)
+    rng = np.random.default_rng(2)
+    for _ in range(2):
+        batch = make_batch(rng, dict(stage.mix), 8, tokenizer, model.config, CodeCache(model.vqgan, 64), 64)
+        opt.zero_grad()
+        loss_module(batch)[0].backward()
+        opt.step()
+    with torch.no_grad():
+        after = model.text_logits(model.decode(model.embed(ids))[0])
+    torch.testing.assert_close(after[..., :-1], ref[..., :-1], rtol=0, atol=0)
+    assert torch.equal(after[..., -1], ref[..., -1]) != frozen_head  # `<imgbos>`'s logit moved iff it trained
+    model.load_state_dict(before)
     model.zero_grad(set_to_none=True)
     for p in model.parameters():
         p.requires_grad_(False)

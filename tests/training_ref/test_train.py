@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,28 @@ def test_armor_train_tiny_max_steps_end_to_end(tmp_path):
     assert main(["--preset", "tiny", "--out", str(out), "--stages", "--ablation", "--max-steps", "20",
                  "--batch-size", "4", "--quiet", "--workers", "1"]) == 0
     assert (out / "final" / MODEL_FILE).read_bytes() == before
+
+
+def test_a_later_stage_continues_from_the_runs_previous_stage(tmp_path, caplog):
+    """`--stages base` after `--stages vq` trains base on that VQGAN, not on untrained weights;
+    with no complete previous stage in --out it says so."""
+    import torch
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    common = ["--preset", "tiny", "--out", str(out), "--max-steps", "2", "--batch-size", "2", "--quiet", "--workers", "1"]
+    with caplog.at_level("WARNING", logger="armor-train"):
+        assert main([*common, "--stages", "base"]) == 0  # nothing before it in --out
+    assert "stage base starts from untrained weights" in caplog.text
+    for stage in ("base", "final"):
+        shutil.rmtree(out / stage)
+    caplog.clear()
+    assert main([*common, "--stages", "vq"]) == 0
+    with caplog.at_level("INFO", logger="armor-train"):
+        assert main([*common, "--stages", "base"]) == 0
+    assert f"stage base starts from {out / 'vq'}" in caplog.text
+    vq, base = load_file(out / "vq" / "vqgan.safetensors"), load_file(out / "base" / "vqgan.safetensors")
+    assert vq.keys() == base.keys() and all(torch.equal(vq[k], base[k]) for k in vq)
 
 
 @pytest.mark.parametrize("stage_name", ["base", "how+cell"])
