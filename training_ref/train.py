@@ -108,6 +108,14 @@ STAGES = {
 WOHG = ("what", "how", "better")
 
 
+def uses_every_group(stage: Stage) -> bool:
+    """Whether every training step of `stage` gives each of its trainable groups a gradient: the
+    VQGAN's, and a stage whose samples all draw (the image loss reaches the embeddings, adapter,
+    visual head and cell head through every sample). DDP skips its unused-parameter search then."""
+    return stage.name == "vq" or (stage.beta > 0 and {mode for mode, _ in stage.mix} <= {"t2i", "t2ti"}
+                                  and not {"text_head", "imgbos_head", "vision"} & set(stage.trainable))
+
+
 def set_trainable(model: ArmorModel, stage: Stage) -> list[torch.nn.Parameter]:
     """Apply the freeze table: exactly the stage's groups require gradients."""
     groups = model.param_groups()
@@ -236,9 +244,10 @@ def train_stage(model: ArmorModel, tokenizer, stage: Stage, out_dir: Path, steps
     if start and (out_dir / OPTIM_FILE).is_file():
         _load_optimizer(opt, params, out_dir / OPTIM_FILE, start, train_only)
     if world_size > 1:
-        # the VQGAN uses every parameter each step; an ARMOR batch may lack a head's inputs
+        # the VQGAN, and an image-only stage (`how`: every sample draws), use every trainable parameter
+        # each step; a mixed batch may lack a head's inputs, and only then does DDP search the graph
         loss_module = torch.nn.parallel.DistributedDataParallel(loss_module,
-                                                                find_unused_parameters=stage.name != "vq")
+                                                                find_unused_parameters=not uses_every_group(stage))
     codes = None if stage.name == "vq" else CodeCache(model.vqgan, model.config.vqgan["resolution"])
     vision_size = model.mllm.config.vision_config.image_size[0]
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage.name, disable=not progress or rank != 0)
