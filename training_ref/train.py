@@ -244,8 +244,7 @@ def train_stage(model: ArmorModel, tokenizer, stage: Stage, out_dir: Path, steps
     if start and (out_dir / OPTIM_FILE).is_file():
         _load_optimizer(opt, params, out_dir / OPTIM_FILE, start, train_only)
     if world_size > 1:
-        # the VQGAN, and an image-only stage (`how`: every sample draws), use every trainable parameter
-        # each step; a mixed batch may lack a head's inputs, and only then does DDP search the graph
+        # a mixed batch may lack a head's inputs: only then does DDP search the graph for unused ones
         loss_module = torch.nn.parallel.DistributedDataParallel(loss_module,
                                                                 find_unused_parameters=not uses_every_group(stage))
     codes = None if stage.name == "vq" else CodeCache(model.vqgan, model.config.vqgan["resolution"])
