@@ -6,7 +6,8 @@ Per checkpoint, on held-out scenes, each set twice (the templates training sees,
 held-out paraphrase templates): VQA exact-match accuracy (understanding), t2t arithmetic exact
 match, ShapeEval on t2i prompts (per attribute and all-correct against what the prompt asked),
 and interleaved t2ti prompts answered as text + image + text whose image matches the text
-before it. Generation is the PyTorch reference, greedy, with the checkpoint's default
+before it; plus `t2i_stated`, t2i prompts that state every size (the t2i sets leak through
+open sizes: world.heldout_t2i). Generation is the PyTorch reference, greedy, with the checkpoint's default
 classifier-free guidance (`--cfg-scale` overrides). This module knows the world's evaluation
 sets and the scorers; it is reused by the runtime's and calibration's parity checks through
 `score_outputs`.
@@ -49,7 +50,7 @@ def score_outputs(kind: str, samples: list[world.Sample], outputs: list[list]) -
     the first text; `text_only`: answers without an image), t2i (ShapeEval of the first image
     against the request) or t2ti (text + image + text, the image matching the text before it,
     and, for prompts that state objects, the image fulfilling them)."""
-    kind = kind.removesuffix("_paraphrase")
+    kind = _kind(kind)
     if kind in ("vqa", "arithmetic"):
         preds = [next((p for p in out if isinstance(p, str)), "") for out in outputs]
         scores = {f"{kind}_accuracy": shapeeval.vqa_accuracy(preds, [s.answer[0] for s in samples]), "n": len(samples)}
@@ -81,23 +82,34 @@ def score_outputs(kind: str, samples: list[world.Sample], outputs: list[list]) -
 
 
 SET_NAMES = ("vqa", "t2i", "t2ti", "arithmetic", "vqa_paraphrase", "t2i_paraphrase", "t2ti_paraphrase",
-             "arithmetic_paraphrase")
+             "arithmetic_paraphrase", "t2i_stated", "t2i_stated_paraphrase")
+
+
+def _kind(name: str) -> str:
+    """A set's scoring kind: 't2i' for t2i, t2i_paraphrase, t2i_stated and t2i_stated_paraphrase."""
+    return name.removesuffix("_paraphrase").removesuffix("_stated")
 _BUILDERS = {"vqa": world.heldout_vqa, "t2i": world.heldout_t2i, "t2ti": world.heldout_t2ti,
              "arithmetic": world.heldout_arithmetic}
 BUDGETS = {"vqa": 24, "arithmetic": 24, "t2i": 64, "t2ti": 96}  # text tokens (an image always completes)
 
 
 def evaluation_sets(n_vqa: int = 200, n_t2i: int = 200, n_t2ti: int = 200, n_arithmetic: int = 0,
-                    paraphrase: bool = False, canonical: bool = False) -> dict[str, list[world.Sample]]:
+                    paraphrase: bool = False, canonical: bool = False,
+                    stated: bool = False) -> dict[str, list[world.Sample]]:
     """The fixed held-out sets by name (sets of size 0 left out); with paraphrase=True the
     `_paraphrase` twins too (held-out templates, language.PARAPHRASE_*), of the same sizes.
     canonical=True: the t2i set in the world's canonical phrasing (`world.canonical_t2i`), as
-    the gates comparing two builds of one checkpoint use it."""
+    the gates comparing two builds of one checkpoint use it. stated=True adds `t2i_stated`
+    (and its paraphrase twin): t2i prompts that state every size, none with a trained twin."""
     sizes = {"vqa": n_vqa, "t2i": n_t2i, "t2ti": n_t2ti, "arithmetic": n_arithmetic}
     sets = {k: (world.canonical_t2i(n) if canonical and k == "t2i" else _BUILDERS[k](n))
             for k, n in sizes.items() if n}
+    if stated and n_t2i:
+        sets["t2i_stated"] = world.heldout_t2i(n_t2i, every_size=True)
     if paraphrase:
         sets.update({f"{k}_paraphrase": _BUILDERS[k](n, paraphrase=True) for k, n in sizes.items() if n})
+        if stated and n_t2i:
+            sets["t2i_stated_paraphrase"] = world.heldout_t2i(n_t2i, paraphrase=True, every_size=True)
     return sets
 
 
@@ -105,7 +117,7 @@ def evaluate(generate_fn, sets: dict[str, list[world.Sample]], label: str = "") 
     """`generate_fn(messages, max_new_tokens) -> interleaved list`; returns scores per set."""
     report = {}
     for kind, samples in sets.items():
-        budget = BUDGETS[kind.removesuffix("_paraphrase")]
+        budget = BUDGETS[_kind(kind)]
         outs = [generate_fn(messages_for(s), budget) for s in tqdm(samples, desc=f"{label} {kind}".strip())]
         report[kind] = score_outputs(kind, samples, outs)
     return report
@@ -148,7 +160,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
     names = args.names or [c.name for c in args.checkpoints]
-    sets = evaluation_sets(args.n_vqa, args.n_t2i, args.n_t2ti, args.n_arithmetic, not args.no_paraphrase)
+    sets = evaluation_sets(args.n_vqa, args.n_t2i, args.n_t2ti, args.n_arithmetic, not args.no_paraphrase,
+                           stated=True)
     if args.sets:
         sets = {k: v for k, v in sets.items() if k in args.sets}
     understanding = {k: v for k, v in sets.items() if k.startswith(("vqa", "arithmetic"))}

@@ -199,9 +199,11 @@ def _agreement(w: Want, d: Obj) -> int:
             + 2 * int(w.position is not None and w.position == d.position))
 
 
-def _fits(w: Want, d: Obj) -> bool:
-    """All-correct's test: shape and colour right, and the position when stated (size not part)."""
-    return w.shape == d.shape and w.colour == d.colour and w.position in (None, d.position)
+def _fits(w: Want, d: Obj, sized: bool = False) -> bool:
+    """All-correct's test: shape and colour right, and the position when stated (size not part;
+    with sized=True the size too, when stated)."""
+    return (w.shape == d.shape and w.colour == d.colour and w.position in (None, d.position)
+            and (not sized or w.size in (None, d.size)))
 
 
 def match_objects(spec: Spec, dets: Sequence[Obj]) -> list[Obj | None]:
@@ -226,13 +228,13 @@ def match_objects(spec: Spec, dets: Sequence[Obj]) -> list[Obj | None]:
     return matched
 
 
-def fulfils(spec: Spec, dets: Sequence[Obj]) -> bool:
+def fulfils(spec: Spec, dets: Sequence[Obj], sized: bool = False) -> bool:
     """True when the detections are exactly what the spec asks for: as many, and some pairing
-    gives every spec object a detection that `_fits` it."""
+    gives every spec object a detection that `_fits` it (`sized`: stated sizes included)."""
     wants = _wants(spec)
     if len(dets) != len(wants):
         return False
-    return any(all(_fits(w, dets[j]) for w, j in zip(wants, order))
+    return any(all(_fits(w, dets[j], sized) for w, j in zip(wants, order))
                for order in itertools.permutations(range(len(dets))))
 
 
@@ -248,13 +250,16 @@ def score_t2i(specs: Sequence[Spec], images: Sequence[Image.Image]) -> dict[str,
       size, position: the same over the spec objects that state it;
       count: over images, the number of detections equals the number of spec objects;
       all_correct: over images, `fulfils` (size is not part of it);
+      all_correct_sized: the same with every stated size right too (the held-out split holds
+        out whole scenes, sizes included, so only this one cannot be passed by drawing a
+        training scene in another size, on prompts that state every size);
     plus n_images and n_objects.
     """
     if len(specs) != len(images):
         raise ValueError(f"{len(specs)} specs but {len(images)} images")
     hits = {"colour": 0, "shape": 0, "size": 0, "position": 0}
     stated = {"size": 0, "position": 0}
-    n_objects = count_ok = all_ok = 0
+    n_objects = count_ok = all_ok = sized_ok = 0
     for spec, image in zip(specs, images):
         dets = detect(image)
         wants = _wants(spec)
@@ -269,10 +274,12 @@ def score_t2i(specs: Sequence[Spec], images: Sequence[Image.Image]) -> dict[str,
                 hits["position"] += w.position is not None and w.position == d.position
         count_ok += len(dets) == len(wants)
         all_ok += fulfils(wants, dets)
+        sized_ok += fulfils(wants, dets, sized=True)
     n_images = len(specs)
     scores = {k: v / max(n_objects if k in ("colour", "shape") else stated[k], 1) for k, v in hits.items()}
     scores["count"] = count_ok / max(n_images, 1)
     scores["all_correct"] = all_ok / max(n_images, 1)
+    scores["all_correct_sized"] = sized_ok / max(n_images, 1)
     scores["n_images"] = float(n_images)
     scores["n_objects"] = float(n_objects)
     log.debug("score_t2i: %s", scores)

@@ -297,7 +297,7 @@ def default_layout(request: Request, sizes: Sequence[str]) -> Scene:
 
 
 def drawing_request(rng: np.random.Generator, heldout: bool, max_objects: int,
-                    p_position: float = 0.65) -> tuple[Scene, Request]:
+                    p_position: float = 0.65, p_size: float = 0.5) -> tuple[Scene, Request]:
     """A request (in naming order) and the scene that fulfils it by the default layout, the
     scene of the requested split."""
     for _ in range(10_000):
@@ -305,7 +305,7 @@ def drawing_request(rng: np.random.Generator, heldout: bool, max_objects: int,
             scene = _group_scene(rng, int(rng.integers(2, max_objects + 1)))
         else:
             scene = _random_scene(rng, int(rng.integers(1, max_objects + 1)))
-        pairs = _request_pairs(rng, scene, p_position)
+        pairs = _request_pairs(rng, scene, p_position, p_size)
         request = tuple(w for w, _ in pairs)
         drawn = default_layout(request, [o.size for _, o in pairs])
         if is_heldout(drawn) == heldout:
@@ -545,9 +545,10 @@ def _make_t2ti(rng: np.random.Generator, heldout: bool, max_objects: int, paraph
 
 
 def make_sample(rng: np.random.Generator, mode: str, heldout: bool = False,
-                max_objects: int = MAX_OBJECTS, paraphrase: bool = False) -> Sample:
+                max_objects: int = MAX_OBJECTS, paraphrase: bool = False, p_size: float = 0.5) -> Sample:
     """A random sample of `mode`; scenes come from the held-out split with heldout=True, and
-    phrasings from the held-out templates with paraphrase=True (language.PARAPHRASE_*).
+    phrasings from the held-out templates with paraphrase=True (language.PARAPHRASE_*). A t2i
+    prompt states each object's size with probability `p_size`.
 
     t2t ignores `heldout` (no scene). `max_objects` caps the scenes the model is asked to draw
     (t2i, t2ti: the training curriculum); understanding scenes (ti2t) keep 1-3 objects.
@@ -559,7 +560,7 @@ def make_sample(rng: np.random.Generator, mode: str, heldout: bool = False,
     if mode == "ti2t":
         return _make_ti2t(rng, heldout, paraphrase=paraphrase)
     if mode == "t2i":
-        scene, request = drawing_request(rng, heldout, max_objects)
+        scene, request = drawing_request(rng, heldout, max_objects, p_size=p_size)
         prompt = drawing_prompt(rng, request, paraphrase) + _suffix(rng)
         return Sample(mode="t2i", prompt=prompt, answer=[scene], request=request)
     if mode == "t2ti":
@@ -570,10 +571,17 @@ def make_sample(rng: np.random.Generator, mode: str, heldout: bool = False,
 # ----------------------------------------------------------------------------- fixed sets
 
 
-def heldout_t2i(n: int = 200, seed: int = 1234, paraphrase: bool = False) -> list[Sample]:
-    """Fixed text-to-image evaluation set on held-out scenes (held-out templates with paraphrase)."""
+def heldout_t2i(n: int = 200, seed: int = 1234, paraphrase: bool = False, every_size: bool = False) -> list[Sample]:
+    """Fixed text-to-image evaluation set on held-out scenes (held-out templates with paraphrase).
+
+    The split holds out drawn scenes, sizes included, and a size the prompt leaves open is the
+    scene's random one, so an open-size request is often a training scene in its other size,
+    which ShapeEval's all_correct does not tell apart. every_size=True states every size: each
+    request fixes its held-out scene, and all_correct_sized scores it without that leak
+    (docs/model-card.md, the v2 trials)."""
     rng = np.random.default_rng(seed)
-    return [make_sample(rng, "t2i", heldout=True, paraphrase=paraphrase) for _ in range(n)]
+    return [make_sample(rng, "t2i", heldout=True, paraphrase=paraphrase, p_size=1.0 if every_size else 0.5)
+            for _ in range(n)]
 
 
 def canonical_t2i(n: int = 40, seed: int = 1234) -> list[Sample]:

@@ -87,9 +87,10 @@ def test_score_t2i_matching_and_failures() -> None:
     missing = world.render((a,), 64)
     s = shapeeval.score_t2i([spec], [missing])
     assert s["count"] == 0.0 and s["colour"] == 0.5 and s["all_correct"] == 0.0
-    # Size is reported but not part of all_correct.
+    # Size is reported but not part of all_correct; all_correct_sized checks a stated size too.
     s = shapeeval.score_t2i([spec], [world.render((a, Obj("square", "blue", "center", "large")), 64)])
-    assert s["size"] == 0.5 and s["all_correct"] == 1.0
+    assert s["size"] == 0.5 and s["all_correct"] == 1.0 and s["all_correct_sized"] == 0.0
+    assert shapeeval.score_t2i([spec], [world.render(spec, 64)])["all_correct_sized"] == 1.0
     with pytest.raises(ValueError):
         shapeeval.score_t2i([spec], [])
 

@@ -300,3 +300,15 @@ def test_corpus_text_covers_the_vocabulary() -> None:
     assert all(isinstance(t, str) and t for t in texts)
     words = set(" ".join(texts).replace(".", " ").replace(",", " ").replace("?", " ").split())
     assert set(COLOURS) | set(SHAPES) | set(SIZES) | {"top", "left", "center", "here", "draw"} <= words
+
+
+def test_the_stated_t2i_set_states_every_size_so_each_request_fixes_its_held_out_scene() -> None:
+    # an open size is drawn at the scene's random size, so the same request in the other size can
+    # be a training scene; with every size stated the request fixes its one held-out scene (and
+    # ShapeEval's all_correct_sized tells it from a training scene of other sizes)
+    stated = world.heldout_t2i(100, every_size=True)
+    assert all(w.size is not None for s in stated for w in s.request)
+    assert all(world.is_heldout(s.answer[0]) and world.default_layout(s.request, ["small"] * len(s.request)) == s.answer[0]
+               for s in stated)
+    assert any(w.size is None for s in world.heldout_t2i(100) for w in s.request)  # the leaking default set
+    assert world.heldout_t2i(20, every_size=True) == world.heldout_t2i(20, every_size=True)
