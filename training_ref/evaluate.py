@@ -82,12 +82,12 @@ def score_outputs(kind: str, samples: list[world.Sample], outputs: list[list]) -
 
 
 SET_NAMES = ("vqa", "t2i", "t2ti", "arithmetic", "vqa_paraphrase", "t2i_paraphrase", "t2ti_paraphrase",
-             "arithmetic_paraphrase", "t2i_stated", "t2i_stated_paraphrase")
+             "arithmetic_paraphrase", "t2i_stated", "t2i_stated_paraphrase", "t2i_canonical")
 
 
 def _kind(name: str) -> str:
-    """A set's scoring kind: 't2i' for t2i, t2i_paraphrase, t2i_stated and t2i_stated_paraphrase."""
-    return name.removesuffix("_paraphrase").removesuffix("_stated")
+    """A set's scoring kind: 't2i' for t2i, t2i_paraphrase, t2i_stated(_paraphrase), t2i_canonical."""
+    return name.removesuffix("_paraphrase").removesuffix("_stated").removesuffix("_canonical")
 _BUILDERS = {"vqa": world.heldout_vqa, "t2i": world.heldout_t2i, "t2ti": world.heldout_t2ti,
              "arithmetic": world.heldout_arithmetic}
 BUDGETS = {"vqa": 24, "arithmetic": 24, "t2i": 64, "t2ti": 96}  # text tokens (an image always completes)
@@ -100,12 +100,14 @@ def evaluation_sets(n_vqa: int = 200, n_t2i: int = 200, n_t2ti: int = 200, n_ari
     `_paraphrase` twins too (held-out templates, language.PARAPHRASE_*), of the same sizes.
     canonical=True: the t2i set in the world's canonical phrasing (`world.canonical_t2i`), as
     the gates comparing two builds of one checkpoint use it. stated=True adds `t2i_stated`
-    (and its paraphrase twin): t2i prompts that state every size, none with a trained twin."""
+    (and its paraphrase twin), t2i prompts that state every size, and `t2i_canonical`, the
+    canonical phrasing's set: the sets whose all_correct_sized does not leak."""
     sizes = {"vqa": n_vqa, "t2i": n_t2i, "t2ti": n_t2ti, "arithmetic": n_arithmetic}
     sets = {k: (world.canonical_t2i(n) if canonical and k == "t2i" else _BUILDERS[k](n))
             for k, n in sizes.items() if n}
     if stated and n_t2i:
         sets["t2i_stated"] = world.heldout_t2i(n_t2i, every_size=True)
+        sets["t2i_canonical"] = world.canonical_t2i(n_t2i)
     if paraphrase:
         sets.update({f"{k}_paraphrase": _BUILDERS[k](n, paraphrase=True) for k, n in sizes.items() if n})
         if stated and n_t2i:

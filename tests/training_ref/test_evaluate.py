@@ -9,10 +9,11 @@ from training_ref.evaluate import SET_NAMES, evaluation_sets, score_outputs
 def test_stated_sets_are_opt_in_and_scored_as_t2i() -> None:
     assert set(evaluation_sets(0, 3, 0, paraphrase=True)) == {"t2i", "t2i_paraphrase"}
     sets = evaluation_sets(0, 3, 0, paraphrase=True, stated=True)
-    assert set(sets) == {"t2i", "t2i_paraphrase", "t2i_stated", "t2i_stated_paraphrase"} <= set(SET_NAMES)
-    for name in ("t2i_stated", "t2i_stated_paraphrase"):
+    names = {"t2i", "t2i_paraphrase", "t2i_stated", "t2i_stated_paraphrase", "t2i_canonical"}
+    assert set(sets) == names and names <= set(SET_NAMES)
+    for name in ("t2i_stated", "t2i_stated_paraphrase", "t2i_canonical"):
         samples = sets[name]
-        assert all(w.size is not None for s in samples for w in s.request)
+        assert all(w.size is not None for s in samples for w in (s.request or s.answer[0]))
         # the target scene itself fulfils every request; an empty image fulfils none
         perfect = score_outputs(name, samples, [[world.render(s.answer[0])] for s in samples])
         empty = score_outputs(name, samples, [["no image"] for _ in samples])
