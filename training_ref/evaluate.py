@@ -6,9 +6,9 @@ Per checkpoint, on held-out scenes, each set twice (the templates training sees,
 held-out paraphrase templates): VQA exact-match accuracy (understanding), t2t arithmetic exact
 match, ShapeEval on t2i prompts (per attribute and all-correct against what the prompt asked),
 and interleaved t2ti prompts answered as text + image + text whose image matches the text
-before it; plus `t2i_stated`, t2i prompts that state every size (the t2i sets leak through
-open sizes: world.heldout_t2i). Generation is the PyTorch reference, greedy, with the checkpoint's default
-classifier-free guidance (`--cfg-scale` overrides). This module knows the world's evaluation
+before it; plus `t2i_stated` and `t2i_canonical`, t2i prompts that state every size (the t2i
+sets leak through open sizes: world.heldout_t2i). Generation is the PyTorch reference, greedy,
+with the checkpoint's default classifier-free guidance (`--cfg-scale` overrides). This module knows the world's evaluation
 sets and the scorers; it is reused by the runtime's and calibration's parity checks through
 `score_outputs`.
 """
@@ -88,6 +88,8 @@ SET_NAMES = ("vqa", "t2i", "t2ti", "arithmetic", "vqa_paraphrase", "t2i_paraphra
 def _kind(name: str) -> str:
     """A set's scoring kind: 't2i' for t2i, t2i_paraphrase, t2i_stated(_paraphrase), t2i_canonical."""
     return name.removesuffix("_paraphrase").removesuffix("_stated").removesuffix("_canonical")
+
+
 _BUILDERS = {"vqa": world.heldout_vqa, "t2i": world.heldout_t2i, "t2ti": world.heldout_t2ti,
              "arithmetic": world.heldout_arithmetic}
 BUDGETS = {"vqa": 24, "arithmetic": 24, "t2i": 64, "t2ti": 96}  # text tokens (an image always completes)

@@ -273,8 +273,9 @@ def score_t2i(specs: Sequence[Spec], images: Sequence[Image.Image]) -> dict[str,
                 hits["size"] += w.size is not None and w.size == d.size
                 hits["position"] += w.position is not None and w.position == d.position
         count_ok += len(dets) == len(wants)
-        all_ok += fulfils(wants, dets)
-        sized_ok += fulfils(wants, dets, sized=True)
+        ok = fulfils(wants, dets)
+        all_ok += ok
+        sized_ok += ok and fulfils(wants, dets, sized=True)  # sized implies ok: skip the search otherwise
     n_images = len(specs)
     scores = {k: v / max(n_objects if k in ("colour", "shape") else stated[k], 1) for k, v in hits.items()}
     scores["count"] = count_ok / max(n_images, 1)

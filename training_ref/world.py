@@ -53,6 +53,7 @@ RADIUS_FRACTION: dict[str, float] = {"small": 0.24, "large": 0.40}
 SQUARE_SIDE_FACTOR = 0.9  # square side = 2 r * 0.9
 
 MAX_OBJECTS = 3  # a scene holds 1..MAX_OBJECTS objects
+P_SIZE = 0.5  # the share of drawing-request objects whose prompt states their size
 MODES: tuple[str, ...] = ("t2t", "ti2t", "t2i", "t2ti")
 # VQA question kinds, in the order make_sample draws them from.
 VQA_KINDS: tuple[str, ...] = ("count", "colour", "shape", "size", "where", "exists", "describe")
@@ -251,7 +252,7 @@ def _want_key(w: Want) -> tuple:
 
 
 def _request_pairs(rng: np.random.Generator, scene: Scene, p_position: float = 0.65,
-                   p_size: float = 0.5) -> list[tuple[Want, Obj]]:
+                   p_size: float = P_SIZE) -> list[tuple[Want, Obj]]:
     """What a prompt for `scene` states of each object, in the order the prompt names them, with
     the object: position and size stated with these probabilities (identical objects in a group
     scene state neither position); canonical order, or (30%) shuffled."""
@@ -297,7 +298,7 @@ def default_layout(request: Request, sizes: Sequence[str]) -> Scene:
 
 
 def drawing_request(rng: np.random.Generator, heldout: bool, max_objects: int,
-                    p_position: float = 0.65, p_size: float = 0.5) -> tuple[Scene, Request]:
+                    p_position: float = 0.65, p_size: float = P_SIZE) -> tuple[Scene, Request]:
     """A request (in naming order) and the scene that fulfils it by the default layout, the
     scene of the requested split."""
     for _ in range(10_000):
@@ -545,7 +546,7 @@ def _make_t2ti(rng: np.random.Generator, heldout: bool, max_objects: int, paraph
 
 
 def make_sample(rng: np.random.Generator, mode: str, heldout: bool = False,
-                max_objects: int = MAX_OBJECTS, paraphrase: bool = False, p_size: float = 0.5) -> Sample:
+                max_objects: int = MAX_OBJECTS, paraphrase: bool = False, p_size: float = P_SIZE) -> Sample:
     """A random sample of `mode`; scenes come from the held-out split with heldout=True, and
     phrasings from the held-out templates with paraphrase=True (language.PARAPHRASE_*). A t2i
     prompt states each object's size with probability `p_size`.
@@ -580,7 +581,7 @@ def heldout_t2i(n: int = 200, seed: int = 1234, paraphrase: bool = False, every_
     request fixes its held-out scene, and all_correct_sized scores it without that leak
     (docs/model-card.md, the v2 trials)."""
     rng = np.random.default_rng(seed)
-    return [make_sample(rng, "t2i", heldout=True, paraphrase=paraphrase, p_size=1.0 if every_size else 0.5)
+    return [make_sample(rng, "t2i", heldout=True, paraphrase=paraphrase, p_size=1.0 if every_size else P_SIZE)
             for _ in range(n)]
 
 
