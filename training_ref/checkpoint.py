@@ -138,7 +138,10 @@ def load_checkpoint(directory: str | Path, dtype: torch.dtype = torch.float32) -
     """Load a checkpoint folder (weights cast to `dtype`), in eval mode."""
     directory = Path(directory)
     cfg = read_config(directory)
-    model = ArmorModel(cfg)
+    # building the model draws initial weights, which the file replaces: the caller's random state
+    # must not move (a run continued with `--stages how` draws `how`'s cell head as one command does)
+    with torch.random.fork_rng(devices=[]):
+        model = ArmorModel(cfg)
     state = _load_tensors(directory / MODEL_FILE)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("vqgan.") and k != SHARED_KEY]

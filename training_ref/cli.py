@@ -128,8 +128,8 @@ def launch_workers(argv: list[str], workers: int) -> int:
 
 def start_model(model: ArmorModel, stages: list[str], pipeline: list[str], out: Path) -> ArmorModel:
     """The model the first requested stage trains: the run's previous stage of the pipeline when
-    --out holds it complete (`--stages what how` continues from `out/base`), else `model` as
-    built, with a warning (a stage from untrained weights is for tests and smoke runs)."""
+    --out holds it complete (`--stages what how` continues from `out/base`, and trains what one
+    command trains), else `model` as built, with a warning (for tests and smoke runs)."""
     if not stages or stages[0] not in pipeline or pipeline.index(stages[0]) == 0:
         return model
     before = pipeline[pipeline.index(stages[0]) - 1]

@@ -59,6 +59,17 @@ def test_a_later_stage_continues_from_the_runs_previous_stage(tmp_path, caplog):
     assert vq.keys() == base.keys() and all(torch.equal(vq[k], base[k]) for k in vq)
 
 
+def test_continuing_a_run_stage_by_stage_gives_the_one_command_weights(tmp_path):
+    """`--stages how` after `--stages vq base what` trains the `how` one command trains: loading
+    the previous stage does not move the random state that draws `how`'s cell head."""
+    common = ["--preset", "tiny", "--max-steps", "2", "--batch-size", "2", "--quiet", "--workers", "1"]
+    one, split = tmp_path / "one", tmp_path / "split"
+    assert main([*common, "--out", str(one), "--stages", "vq", "base", "what", "how"]) == 0
+    assert main([*common, "--out", str(split), "--stages", "vq", "base", "what"]) == 0
+    assert main([*common, "--out", str(split), "--stages", "how"]) == 0
+    assert (one / "how" / MODEL_FILE).read_bytes() == (split / "how" / MODEL_FILE).read_bytes()
+
+
 @pytest.mark.parametrize("stage_name", ["base", "how+cell"])
 def test_resume_continues_from_last_checkpoint(tmp_path, tokenizer, stage_name):
     """... also the train-only cell head of `how`, which travels in the optimizer file."""
