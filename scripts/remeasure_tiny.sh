@@ -28,6 +28,13 @@ step() {  # step NAME COMMAND...: run it, keep its output; non-zero (under set -
   echo "$name: $((SECONDS - t0)) s" >> "$R/logs/times.txt"
 }
 
+gated() {  # gated NAME COMMAND...: a step whose accuracy gate may refuse it; the refusal is
+  # logged (the log keeps the report), then the command reruns with --force so the benches
+  # still have its row
+  local name="$1"; shift
+  step "$name" "$@" || step "$name-forced" "$@" --overwrite --force
+}
+
 {  # the machine beside the numbers: VMs of one name differ (docs/benchmarks.md)
   for key in 'model name' 'cpu family' 'model'; do grep -m1 -E "^$key\s*:" /proc/cpuinfo; done
   echo "SIMD: $(grep -m1 -o -w -E 'avx2|avx512f|avx512_vnni|amx_tile' /proc/cpuinfo | sort -u | tr '\n' ' ')"
@@ -38,11 +45,7 @@ step export-fp32 "$BIN/armor-export" "$CK" --out "$R/tiny"
 step export-fp16 "$BIN/armor-export" "$CK" --dtype fp16 --out "$R/tiny-fp16"
 step export-static "$BIN/armor-export" "$CK" --kv-cache static --out "$R/tiny-static"
 for s in int8 int8-weight int4-weight; do
-  # as for the GGUF types below: a scheme refused by its gates is logged (the log keeps the
-  # report), then written with --force so the benches still have its row
-  if ! step "calibrate-$s" "$BIN/armor-calibrate" "$R/tiny" --out "$R/q-$s" --scheme "$s"; then
-    step "calibrate-$s-forced" "$BIN/armor-calibrate" "$R/tiny" --out "$R/q-$s" --scheme "$s" --overwrite --force
-  fi
+  gated "calibrate-$s" "$BIN/armor-calibrate" "$R/tiny" --out "$R/q-$s" --scheme "$s"
 done
 step bench-q "$BIN/armor-bench" "$R/tiny" "$R/q-int8" "$R/q-int8-weight" "$R/q-int4-weight" \
   --checkpoint "$CK" --out "$R/bench-q" --repeats 3
@@ -54,12 +57,7 @@ step soak "$BIN/armor-bench" "$R/tiny" --soak 1000 --out "$R/soak"
 if "$BIN/python" -c "import llama_cpp" 2>/dev/null; then
   for t in f32 f16 q8_0 q4_k_m; do
     cp -r "$R/tiny" "$R/llama-$t"
-    # a type refused by its accuracy gate is logged (the log keeps the report), then kept with
-    # --force so the speed table still has its row
-    if ! step "gguf-$t" "$BIN/armor-export" "$CK" --target gguf --gguf-type "$t" --out "$R/llama-$t"; then
-      step "gguf-$t-forced" "$BIN/armor-export" "$CK" --target gguf --gguf-type "$t" --out "$R/llama-$t" \
-        --overwrite --force
-    fi
+    gated "gguf-$t" "$BIN/armor-export" "$CK" --target gguf --gguf-type "$t" --out "$R/llama-$t"
   done
   step bench-llama "$BIN/armor-bench" "$R/tiny" "$R/q-int8-weight" "$R/q-int4-weight" \
     "$R/llama-f32" "$R/llama-q8_0" "$R/llama-q4_k_m" --backend ort,ort,ort,llamacpp,llamacpp,llamacpp \
