@@ -67,7 +67,7 @@ def score_outputs(kind: str, samples: list[world.Sample], outputs: list[list]) -
         scores["image_rate"] = sum(any(isinstance(p, Image.Image) for p in o) for o in outputs) / len(outputs)
         return scores
     if kind == "t2ti":
-        shaped = consistent = fulfilled = asked = 0
+        shaped = consistent = fulfilled = told = asked = 0
         for s, out in zip(samples, outputs):
             kinds = ["image" if isinstance(p, Image.Image) else "text" for p in out]
             asked += s.request is not None
@@ -76,8 +76,12 @@ def score_outputs(kind: str, samples: list[world.Sample], outputs: list[list]) -
                 consistent += shapeeval.t2ti_consistency(out[0], out[1])
                 if s.request is not None:
                     fulfilled += shapeeval.fulfils(s.request, shapeeval.detect(out[1]))
+                    told += shapeeval.text_fulfils(s.request, out[0])
+        # text_fulfils_request: the "here is ..." sentence restates what was asked (an image
+        # that follows the prompt cannot match a sentence that does not)
         return {"text_image_text": shaped / len(outputs), "consistent": consistent / len(outputs),
-                "fulfils_request": fulfilled / max(asked, 1), "n": len(outputs)}
+                "fulfils_request": fulfilled / max(asked, 1), "text_fulfils_request": told / max(asked, 1),
+                "n": len(outputs)}
     raise ValueError(f"unknown evaluation set {kind!r}")
 
 

@@ -318,7 +318,14 @@ def t2ti_consistency(text_before: str, image: Image.Image) -> bool:
     return _core(parsed) == _core(detect(image))
 
 
+def text_fulfils(spec: Spec, text: str) -> bool:
+    """True when the objects the text names (parse_description) are exactly what the spec asks
+    for, as `fulfils` scores a drawing's detections; False when the text names no object."""
+    parsed = parse_description(text)
+    return parsed is not None and fulfils(spec, parsed)
+
+
 __all__ = [
     "classify_pixels", "label_components", "coverage", "classify_blob", "detect", "match_objects",
-    "fulfils", "score_t2i", "normalize_answer", "vqa_accuracy", "t2ti_consistency",
+    "fulfils", "score_t2i", "normalize_answer", "vqa_accuracy", "t2ti_consistency", "text_fulfils",
 ]

@@ -169,3 +169,15 @@ def test_partial_requests_score_what_they_state() -> None:
     assert not shapeeval.fulfils((Want("square", "blue"), Want("square", "blue")), dets)
     s = shapeeval.score_t2i([(Want("circle", "red", "small"), Want("square", "blue", position="top"))], [image])
     assert (s["colour"], s["shape"], s["size"], s["position"], s["count"], s["all_correct"]) == (1, 1, 0, 0, 1, 0)
+
+
+def test_text_fulfils_reads_what_the_sentence_names_against_the_request() -> None:
+    W = world.Want
+    request = (W("circle", "red", position="left"), W("square", "blue"))
+    assert shapeeval.text_fulfils(request, "here is a small red circle at the left and a large blue square at the top.")
+    assert not shapeeval.text_fulfils(request, "here is a small red circle at the right and a large blue square.")
+    assert not shapeeval.text_fulfils(request, "here is a small red circle at the left and a small red circle at the top.")
+    assert not shapeeval.text_fulfils(request, "here is a small red circle at the left.")  # one object missing
+    assert not shapeeval.text_fulfils(request, "here it is.")
+    # the world's own answers restate their requests
+    assert all(shapeeval.text_fulfils(s.request, s.answer[0]) for s in world.heldout_t2ti() if s.request)
