@@ -6,9 +6,11 @@ Per checkpoint, on held-out scenes, each set twice (the templates training sees,
 held-out paraphrase templates): VQA exact-match accuracy (understanding), t2t arithmetic exact
 match, ShapeEval on t2i prompts (per attribute and all-correct against what the prompt asked),
 and interleaved t2ti prompts answered as text + image + text whose image matches the text
-before it; plus `t2i_stated` and `t2i_canonical`, t2i prompts that state every size (the t2i
-sets leak through open sizes: world.heldout_t2i). Generation is the PyTorch reference, greedy,
-with the checkpoint's default classifier-free guidance (`--cfg-scale` overrides). This module knows the world's evaluation
+before it (for a checkpoint that only understands, like `base`: t2ti's text up to where the
+image would start, and whether it restates the request); plus `t2i_stated` and
+`t2i_canonical`, t2i prompts that state every size (the t2i sets leak through open sizes:
+world.heldout_t2i). Generation is the PyTorch reference, greedy, with the checkpoint's default
+classifier-free guidance (`--cfg-scale` overrides). This module knows the world's evaluation
 sets and the scorers; it is reused by the runtime's and calibration's parity checks through
 `score_outputs`.
 """
@@ -83,6 +85,22 @@ def score_outputs(kind: str, samples: list[world.Sample], outputs: list[list]) -
                 "fulfils_request": fulfilled / max(asked, 1), "text_fulfils_request": told / max(asked, 1),
                 "n": len(outputs)}
     raise ValueError(f"unknown evaluation set {kind!r}")
+
+
+def score_sentences(samples: list[world.Sample], outputs: list[tuple[list, bool]]) -> dict:
+    """t2ti answers cut where the image starts (`generate(stop_at_image=True)`, for a checkpoint
+    that only understands, like `base`): `outputs` holds (the interleaved answer, whether it
+    started an image). Scores how often the answer starts an image after text, and whether that
+    text restates what was asked (`text_fulfils_request`, as in score_outputs' t2ti)."""
+    started = told = asked = 0
+    for s, (out, image) in zip(samples, outputs):
+        texts = [p for p in out if isinstance(p, str)]
+        started += image and len(texts) == 1
+        if s.request is not None:
+            asked += 1
+            told += bool(image and texts) and shapeeval.text_fulfils(s.request, texts[0])
+    return {"text_then_image": started / max(len(outputs), 1), "text_fulfils_request": told / max(asked, 1),
+            "n": len(outputs)}
 
 
 SET_NAMES = ("vqa", "t2i", "t2ti", "arithmetic", "vqa_paraphrase", "t2i_paraphrase", "t2ti_paraphrase",
@@ -162,12 +180,16 @@ def main(argv=None) -> int:
     p.add_argument("--no-paraphrase", action="store_true", help="in-distribution sets only")
     p.add_argument("--sets", nargs="+", choices=SET_NAMES, help="only these sets (default: all)")
     p.add_argument("--cfg-scale", type=float, help="guidance scale (default: each checkpoint's own)")
-    p.add_argument("--skip-generation", action="store_true", help="VQA and arithmetic only (as for `base`)")
+    p.add_argument("--skip-generation", action="store_true", help="no images: VQA, arithmetic and t2ti's text before the image (as for `base`)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
     names = args.names or [c.name for c in args.checkpoints]
+    if len(names) != len(args.checkpoints) or len(set(names)) != len(names):
+        # results are keyed by name: runs/a/base and runs/b/base would overwrite each other
+        p.error(f"each checkpoint needs its own name (--names): got {len(args.checkpoints)} checkpoints "
+                f"named {' '.join(names)}")
     sets = evaluation_sets(args.n_vqa, args.n_t2i, args.n_t2ti, args.n_arithmetic, not args.no_paraphrase,
                            stated=True)
     if args.sets:
@@ -176,11 +198,19 @@ def main(argv=None) -> int:
     results = {}
     for name, ckpt in zip(names, args.checkpoints):
         model, tok = load_checkpoint(ckpt)
-        chosen = understanding if args.skip_generation or name == "base" else sets
+        only_text = args.skip_generation or name == "base"
+        chosen = understanding if only_text else sets
         t0 = time.time()
         fn = lambda msgs, n: generate(model, tok, msgs, max_new_tokens=n, cfg_scale=args.cfg_scale,  # noqa: E731
                                       sampling=SamplingParams())
         results[name] = evaluate(fn, chosen, name)
+        if only_text:  # t2ti's sentence before the image: what `base` contributes to interleaved answers
+            for kind in (k for k in sets if _kind(k) == "t2ti"):
+                outs = [generate(model, tok, messages_for(s), max_new_tokens=BUDGETS["t2ti"], return_ids=True,
+                                 sampling=SamplingParams(), stop_at_image=True)
+                        for s in tqdm(sets[kind], desc=f"{name} {kind} (text)")]
+                results[name][kind] = score_sentences(sets[kind], [(o, ids[-1:] == [model.config.img_bos_id])
+                                                                   for o, ids in outs])
         if "t2i" in chosen:  # the ceiling of the in-distribution set
             results[name]["vq_reconstruction"] = vq_ceiling(model, chosen["t2i"])
         results[name]["seconds"] = round(time.time() - t0, 1)

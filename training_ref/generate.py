@@ -81,7 +81,8 @@ class _Stream:
 @torch.no_grad()
 def generate(model: ArmorModel, tokenizer, messages: list[dict], *, max_new_tokens: int = 128,
              cfg_scale: float | None = None, sampling: SamplingParams = SamplingParams(),
-             return_ids: bool = False, text_processor=None, timings: dict | None = None):
+             return_ids: bool = False, text_processor=None, timings: dict | None = None,
+             stop_at_image: bool = False):
     """Answer `messages` (chat shape; image parts as PIL images, paths or arrays) with the
     interleaved list of strings and PIL images. With `return_ids`, also the generated ids.
     `text_processor(i, logits) -> logits` edits the text logits of answer token i before
@@ -136,6 +137,9 @@ def generate(model: ArmorModel, tokenizer, messages: list[dict], *, max_new_toke
             switch.finish()
             break
         generated.append(token)
+        if token == cfg.img_bos_id and stop_at_image:  # the ids end with `<imgbos>`, the answer before it
+            clock["text_s"] += time.perf_counter() - t0
+            break
         if switch.step(token) is Mode.DONE:
             clock["text_s"] += time.perf_counter() - t0
             break

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from training_ref import world
-from training_ref.evaluate import SET_NAMES, evaluation_sets, score_outputs
+from training_ref.evaluate import SET_NAMES, evaluation_sets, main, score_outputs, score_sentences
 
 
 def test_stated_sets_are_opt_in_and_scored_as_t2i() -> None:
@@ -31,3 +33,33 @@ def test_t2ti_scores_the_sentence_and_the_image_apart() -> None:
     vague = [["here it is.", *out[1:]] for out in right]
     scores = score_outputs("t2ti", samples, vague)
     assert scores["fulfils_request"] == 1.0 and scores["text_fulfils_request"] == scores["consistent"] == 0.0
+
+
+def test_sentences_before_the_image_are_scored_for_an_understanding_only_checkpoint() -> None:
+    samples = evaluation_sets(0, 0, 40)["t2ti"]
+    asked = [s for s in samples if s.request is not None]
+    assert 0 < len(asked) < len(samples)
+    right = [([s.answer[0]], True) for s in samples]
+    assert score_sentences(samples, right) == {"text_then_image": 1.0, "text_fulfils_request": 1.0, "n": 40}
+    # the right words without an image started, or an image after no text, restate nothing
+    no_image = score_sentences(samples, [(out, False) for out, _ in right])
+    no_text = score_sentences(samples, [([], True) for _ in samples])
+    assert no_image["text_fulfils_request"] == no_text["text_fulfils_request"] == 0.0
+    assert no_image["text_then_image"] == no_text["text_then_image"] == 0.0
+    # one object's colour carried on to the next: a typical miss of the "here is ..." sentence
+    two = [s for s in asked if len({w.colour for w in s.request}) > 1][:1]
+    assert two
+    wrong = two[0].answer[0]
+    first = two[0].request[0].colour
+    for w in two[0].request[1:]:
+        wrong = wrong.replace(f" {w.colour} ", f" {first} ")
+    assert score_sentences(two, [([wrong], True)])["text_fulfils_request"] == 0.0
+
+
+@pytest.mark.parametrize("names", [[], ["a"], ["a", "a"]])
+def test_results_keyed_by_name_refuse_names_that_collide_before_any_work(tmp_path, capsys, names) -> None:
+    """runs/a/base and runs/b/base are both `base` by default: one would overwrite the other."""
+    ckpts = [str(tmp_path / "a" / "base"), str(tmp_path / "b" / "base")]  # never loaded
+    with pytest.raises(SystemExit) as e:
+        main([*ckpts, *(["--names", *names] if names else [])])
+    assert e.value.code == 2 and "its own name" in capsys.readouterr().err

@@ -44,6 +44,17 @@ def test_image_mode_fills_the_grid_then_forces_imgend(tiny_model, tokenizer):
     assert len(codes) == cfg.n_grid and all(cfg.code_offset <= c < cfg.code_offset + cfg.n_codes for c in codes)
 
 
+def test_stop_at_image_returns_the_text_before_it_and_draws_nothing(tiny_model, tokenizer):
+    cfg = tiny_model.config
+    script = [tokenizer.token_to_id("a"), cfg.n_text_vocab, cfg.eos_token_id]  # text, <imgbos>, <|im_end|>
+    msgs = [{"role": "user", "content": "draw a red circle."}]
+    out, ids = generate(ForcedText(tiny_model, script), tokenizer, msgs, max_new_tokens=8, return_ids=True,
+                        stop_at_image=True)
+    assert out == ["a"] and ids == [script[0], cfg.img_bos_id]
+    full, full_ids = generate(ForcedText(tiny_model, script), tokenizer, msgs, max_new_tokens=8, return_ids=True)
+    assert full[0] == "a" and isinstance(full[1], Image.Image) and full_ids[:2] == ids
+
+
 def test_cfg_scale_zero_is_the_unconditional_branch(tiny_model, tokenizer):
     """scale 0 keeps only the unconditional logits: same image as the empty prompt unguided."""
     _, ids_uncond = generate(_image_then_stop(tiny_model), tokenizer, [{"role": "user", "content": "draw a blue square."}],
