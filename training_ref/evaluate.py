@@ -94,11 +94,11 @@ def score_sentences(samples: list[world.Sample], outputs: list[tuple[list, bool]
     text restates what was asked (`text_fulfils_request`, as in score_outputs' t2ti)."""
     started = told = asked = 0
     for s, (out, image) in zip(samples, outputs):
-        texts = [p for p in out if isinstance(p, str)]
-        started += image and len(texts) == 1
+        sentence = out[0] if image and out else None  # a cut answer holds one text at most
+        started += sentence is not None
         if s.request is not None:
             asked += 1
-            told += bool(image and texts) and shapeeval.text_fulfils(s.request, texts[0])
+            told += sentence is not None and shapeeval.text_fulfils(s.request, sentence)
     return {"text_then_image": started / max(len(outputs), 1), "text_fulfils_request": told / max(asked, 1),
             "n": len(outputs)}
 
@@ -180,7 +180,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-paraphrase", action="store_true", help="in-distribution sets only")
     p.add_argument("--sets", nargs="+", choices=SET_NAMES, help="only these sets (default: all)")
     p.add_argument("--cfg-scale", type=float, help="guidance scale (default: each checkpoint's own)")
-    p.add_argument("--skip-generation", action="store_true", help="no images: VQA, arithmetic and t2ti's text before the image (as for `base`)")
+    p.add_argument("--skip-generation", action="store_true",
+                   help="no images: VQA, arithmetic and t2ti's text before the image (as for `base`)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
