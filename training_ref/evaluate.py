@@ -87,18 +87,35 @@ def score_outputs(kind: str, samples: list[world.Sample], outputs: list[list]) -
     raise ValueError(f"unknown evaluation set {kind!r}")
 
 
-def score_sentences(samples: list[world.Sample], outputs: list[tuple[list, bool]]) -> dict:
-    """t2ti answers cut where the image starts (`generate(stop_at_image=True)`, for a checkpoint
-    that only understands, like `base`): `outputs` holds (the interleaved answer, whether it
-    started an image). Scores how often the answer starts an image after text, and whether that
+class Undrawn:
+    """Stands in an answer for an image the model started and the evaluation did not draw (a
+    checkpoint scored on its text only): the answer is not text-only, and no image is scored."""
+
+    def __repr__(self) -> str:
+        return "<image not drawn>"
+
+
+def answer_until_image(model, tokenizer, sample: world.Sample, max_new_tokens: int) -> list:
+    """The greedy answer to `sample` up to where it starts an image, then `Undrawn()` if it
+    started one: text-only scoring without the cost of drawing (`--skip-generation`, `base`)."""
+    from training_ref.generate import generate
+
+    out, ids = generate(model, tokenizer, messages_for(sample), max_new_tokens=max_new_tokens, return_ids=True,
+                        sampling=SamplingParams(), stop_at_image=True)
+    return [*out, Undrawn()] if ids[-1:] == [model.config.img_bos_id] else list(out)
+
+
+def score_sentences(samples: list[world.Sample], outputs: list[list]) -> dict:
+    """t2ti answers cut where the image starts (`answer_until_image`, for a checkpoint that only
+    understands, like `base`): how often the answer is text and then an image, and whether that
     text restates what was asked (`text_fulfils_request`, as in score_outputs' t2ti)."""
     started = told = asked = 0
-    for s, (out, image) in zip(samples, outputs):
-        sentence = out[0] if image and out else None  # a cut answer holds one text at most
-        started += sentence is not None
+    for s, out in zip(samples, outputs):
+        cut = len(out) == 2 and isinstance(out[0], str) and isinstance(out[1], Undrawn)
+        started += cut
         if s.request is not None:
             asked += 1
-            told += sentence is not None and shapeeval.text_fulfils(s.request, sentence)
+            told += cut and shapeeval.text_fulfils(s.request, out[0])
     return {"text_then_image": started / max(len(outputs), 1), "text_fulfils_request": told / max(asked, 1),
             "n": len(outputs)}
 
@@ -139,12 +156,14 @@ def evaluation_sets(n_vqa: int = 200, n_t2i: int = 200, n_t2ti: int = 200, n_ari
     return sets
 
 
-def evaluate(generate_fn, sets: dict[str, list[world.Sample]], label: str = "") -> dict:
-    """`generate_fn(messages, max_new_tokens) -> interleaved list`; returns scores per set."""
+def evaluate(generate_fn, sets: dict[str, list[world.Sample]], label: str = "", per_sample: bool = False) -> dict:
+    """`generate_fn(messages, max_new_tokens) -> interleaved list` (with `per_sample`, it gets
+    the sample instead of its messages); returns scores per set."""
     report = {}
     for kind, samples in sets.items():
         budget = BUDGETS[_kind(kind)]
-        outs = [generate_fn(messages_for(s), budget) for s in tqdm(samples, desc=f"{label} {kind}".strip())]
+        outs = [generate_fn(s if per_sample else messages_for(s), budget)
+                for s in tqdm(samples, desc=f"{label} {kind}".strip())]
         report[kind] = score_outputs(kind, samples, outs)
     return report
 
@@ -200,20 +219,20 @@ def main(argv=None) -> int:
     for name, ckpt in zip(names, args.checkpoints):
         model, tok = load_checkpoint(ckpt)
         only_text = args.skip_generation or name == "base"
-        chosen = understanding if only_text else sets
         t0 = time.time()
-        fn = lambda msgs, n: generate(model, tok, msgs, max_new_tokens=n, cfg_scale=args.cfg_scale,  # noqa: E731
-                                      sampling=SamplingParams())
-        results[name] = evaluate(fn, chosen, name)
-        if only_text:  # t2ti's sentence before the image: what `base` contributes to interleaved answers
+        if only_text:  # nothing drawn; t2ti's sentence before the image is what `base` contributes
+            fn = lambda s, n: answer_until_image(model, tok, s, n)  # noqa: E731
+            results[name] = evaluate(fn, understanding, name, per_sample=True)
             for kind in (k for k in sets if _kind(k) == "t2ti"):
-                outs = [generate(model, tok, messages_for(s), max_new_tokens=BUDGETS["t2ti"], return_ids=True,
-                                 sampling=SamplingParams(), stop_at_image=True)
+                outs = [answer_until_image(model, tok, s, BUDGETS["t2ti"])
                         for s in tqdm(sets[kind], desc=f"{name} {kind} (text)")]
-                results[name][kind] = score_sentences(sets[kind], [(o, ids[-1:] == [model.config.img_bos_id])
-                                                                   for o, ids in outs])
-        if "t2i" in chosen:  # the ceiling of the in-distribution set
-            results[name]["vq_reconstruction"] = vq_ceiling(model, chosen["t2i"])
+                results[name][kind] = score_sentences(sets[kind], outs)
+        else:
+            fn = lambda msgs, n: generate(model, tok, msgs, max_new_tokens=n, cfg_scale=args.cfg_scale,  # noqa: E731
+                                          sampling=SamplingParams())
+            results[name] = evaluate(fn, sets, name)
+        if "t2i" in sets and not only_text:  # the ceiling of the in-distribution set
+            results[name]["vq_reconstruction"] = vq_ceiling(model, sets["t2i"])
         results[name]["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(results, indent=2))
     if args.json:

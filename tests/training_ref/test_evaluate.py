@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from training_ref import world
-from training_ref.evaluate import SET_NAMES, evaluation_sets, main, score_outputs, score_sentences
+from training_ref.evaluate import (SET_NAMES, Undrawn, answer_until_image, evaluation_sets, main, score_outputs,
+                                   score_sentences)
 
 
 def test_stated_sets_are_opt_in_and_scored_as_t2i() -> None:
@@ -39,11 +40,11 @@ def test_sentences_before_the_image_are_scored_for_an_understanding_only_checkpo
     samples = evaluation_sets(0, 0, 40)["t2ti"]
     asked = [s for s in samples if s.request is not None]
     assert 0 < len(asked) < len(samples)
-    right = [([s.answer[0]], True) for s in samples]
+    right = [[s.answer[0], Undrawn()] for s in samples]
     assert score_sentences(samples, right) == {"text_then_image": 1.0, "text_fulfils_request": 1.0, "n": 40}
     # the right words without an image started, or an image after no text, restate nothing
-    no_image = score_sentences(samples, [(out, False) for out, _ in right])
-    no_text = score_sentences(samples, [([], True) for _ in samples])
+    no_image = score_sentences(samples, [out[:1] for out in right])
+    no_text = score_sentences(samples, [[Undrawn()] for _ in samples])
     assert no_image["text_fulfils_request"] == no_text["text_fulfils_request"] == 0.0
     assert no_image["text_then_image"] == no_text["text_then_image"] == 0.0
     # one object's colour carried on to the next: a typical miss of the "here is ..." sentence
@@ -53,7 +54,7 @@ def test_sentences_before_the_image_are_scored_for_an_understanding_only_checkpo
     first = two[0].request[0].colour
     for w in two[0].request[1:]:
         wrong = wrong.replace(f" {w.colour} ", f" {first} ")
-    assert score_sentences(two, [([wrong], True)])["text_fulfils_request"] == 0.0
+    assert score_sentences(two, [[wrong, Undrawn()]])["text_fulfils_request"] == 0.0
 
 
 @pytest.mark.parametrize("names", [[], ["a"], ["a", "a"]])
@@ -63,3 +64,18 @@ def test_results_keyed_by_name_refuse_names_that_collide_before_any_work(tmp_pat
     with pytest.raises(SystemExit) as e:
         main([*ckpts, *(["--names", *names] if names else [])])
     assert e.value.code == 2 and "its own name" in capsys.readouterr().err
+
+
+def test_text_only_scoring_stops_at_the_image_and_counts_it(tiny_checkpoint) -> None:
+    """`--skip-generation` and `base` draw nothing, yet an answer that starts an image is not
+    text-only (the arithmetic score's `text_only`)."""
+    from training_ref.checkpoint import load_checkpoint
+
+    model, tok = load_checkpoint(tiny_checkpoint)
+    asks = [world.Sample(mode="t2t", prompt="what is 3 plus 4?", answer=["7"]),
+            world.Sample(mode="t2t", prompt="draw a red circle.", answer=["7"])]
+    outs = [answer_until_image(model, tok, s, 16) for s in asks]
+    assert outs[0] == ["7"]
+    assert isinstance(outs[1][-1], Undrawn) and all(isinstance(p, (str, Undrawn)) for p in outs[1])
+    scores = score_outputs("arithmetic", asks, outs)
+    assert scores["text_only"] == 0.5 and scores["arithmetic_accuracy"] == 0.5
