@@ -187,7 +187,7 @@ def collate(items: list[Encoded], cfg: ArmorConfig, vision_size: int) -> Batch:
 
 def make_batch(rng: np.random.Generator, mix: dict[str, float], batch_size: int, tokenizer, cfg: ArmorConfig,
                code_cache: CodeCache | None, vision_size: int, p_uncond: float = 0.0,
-               max_objects: int = world.MAX_OBJECTS, p_text_leads: float = 0.0) -> Batch:
+               max_objects: int = world.MAX_OBJECTS, p_text_leads: float = 0.0, p_multi: float = 0.0) -> Batch:
     """Draw `batch_size` training samples with the mode mixture `mix` and collate them.
 
     `max_objects` caps the objects of the scenes to draw (t2i, t2ti); see world.make_sample.
@@ -195,11 +195,13 @@ def make_batch(rng: np.random.Generator, mix: dict[str, float], batch_size: int,
     branch). `p_text_leads`: the share of the other t2ti samples whose prompt is another
     sample's, so their "here is ..." text alone says what to draw: the image learns to follow
     the answer's own text where the two disagree (at inference that text is the model's, and
-    sometimes restates the request wrongly). Those samples train no text.
+    sometimes restates the request wrongly). Those samples train no text. `p_multi`: the share
+    of t2ti samples that ask for two or three objects (world.make_sample).
     """
     modes = list(mix)
     probs = np.array([mix[m] for m in modes], dtype=np.float64)
-    samples = [world.make_sample(rng, str(rng.choice(modes, p=probs / probs.sum())), max_objects=max_objects)
+    samples = [world.make_sample(rng, str(rng.choice(modes, p=probs / probs.sum())), max_objects=max_objects,
+                                 p_multi=p_multi)
                for _ in range(batch_size)]
     uncond = [s.mode in ("t2i", "t2ti") and rng.random() < p_uncond for s in samples]
     leads = [s.mode == "t2ti" and not u and p_text_leads > 0 and rng.random() < p_text_leads

@@ -20,8 +20,9 @@ frozen decoder untrained code embeddings are nearly indistinguishable (docs/mode
 
 `vq` trains the VQGAN alone (L1 + L2 reconstruction + codebook/commitment; dead codes are
 re-seeded from encoder outputs). `base` trains the whole MLLM on understanding (t2t, ti2t) and
-on the drawing prompts' text side (`<imgbos>`, t2ti's sentences): only the embedded default needs
-it, real users start from a pretrained MLLM.
+on the drawing prompts' text side (`<imgbos>`, t2ti's sentences), and ends with a phase of
+restating practice (`Phase`: t2ti's "here is ..." for two- and three-object requests): only the
+embedded default needs it, real users start from a pretrained MLLM.
 
 Every stage resumes after a kill: its folder holds the last checkpoint (written atomically)
 plus `train_state.json` and the optimizer moments; the data stream of step s is drawn from a
@@ -63,6 +64,16 @@ ALWAYS_FROZEN = ("decoder", "original_embeddings", "vision", "vqgan")
 
 
 @dataclass(frozen=True)
+class Phase:
+    """The last `share` of a stage's steps, trained on its own data mix with its own learning-rate
+    cycle (warmup and cosine again)."""
+    share: float
+    mix: tuple[tuple[str, float], ...]
+    lr: float
+    p_multi: float = 0.0  # share of t2ti samples that ask for two or three objects
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     trainable: tuple[str, ...]  # parameter groups of ArmorModel.param_groups()
@@ -79,6 +90,14 @@ class Stage:
     # share of t2ti samples whose image follows the answer's own text, not the prompt (data.make_batch);
     # no shipped stage uses it (its trials: docs/model-card.md)
     p_text_leads: float = 0.0
+    then: Phase | None = None  # a last phase on other data (`base`: restating practice)
+
+    def phase_at(self, step: int, steps: int) -> tuple[int, int, tuple[tuple[str, float], ...], float, float]:
+        """(first step, steps, data mix, lr, p_multi) of the phase that `step` of `steps` is in."""
+        split = steps - round(self.then.share * steps) if self.then else steps
+        if step < split:
+            return 0, split, self.mix, self.lr, 0.0
+        return split, steps - split, self.then.mix, self.then.lr, self.then.p_multi
 
     def max_objects(self, step: int, steps: int) -> int:
         """The object cap of the scenes drawn at `step` of `steps`."""
@@ -92,8 +111,11 @@ CURRICULUM = ((0.15, 1), (0.3, 2))  # the stages that first learn to draw: 1 obj
 
 STAGES = {
     "vq": Stage("vq", ("vqgan",), 0.0, 0.0, (), 1e-3),
+    # base's last third practises restating two- and three-object requests (t2ti's "here is ...");
+    # mixed into its first part, the decoder does not learn it (docs/model-card.md, v2 trials)
     "base": Stage("base", ("vision", "decoder", "original_embeddings", "text_head", "imgbos_head"), 1.0, 0.0,
-                  (("t2t", 0.35), ("ti2t", 0.45), ("t2i", 0.1), ("t2ti", 0.1)), 2e-3),
+                  (("t2t", 0.35), ("ti2t", 0.45), ("t2i", 0.1), ("t2ti", 0.1)), 2e-3,
+                  then=Phase(1 / 3, (("t2t", 0.1), ("ti2t", 0.15), ("t2i", 0.05), ("t2ti", 0.7)), 1e-3, p_multi=0.8)),
     "what": Stage("what", ("new_embeddings", "text_head", "imgbos_head"), 1.0, 0.0,
                   (("t2t", 0.1), ("ti2t", 0.3), ("t2i", 0.3), ("t2ti", 0.3)), 2e-3),
     "how": Stage("how", ("new_embeddings", "adapter", "visual_head"), 0.0, 1.0,
@@ -254,10 +276,11 @@ def train_stage(model: ArmorModel, tokenizer, stage: Stage, out_dir: Path, steps
     with _Stop() as stop:
         for step in bar:
             rng = np.random.default_rng([seed, list(STAGES).index(stage.name), step, rank])
+            first, length, mix, lr, p_multi = stage.phase_at(step, steps)
             for g in opt.param_groups:
-                g["lr"] = _lr_at(step, steps, stage.lr)
+                g["lr"] = _lr_at(step - first, length, lr)
             loss, stats = step_fn(model, loss_module, stage, rng, batch_size, tokenizer, codes, vision_size,
-                                  stage.max_objects(step, steps))
+                                  stage.max_objects(step, steps), mix, p_multi)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -325,13 +348,15 @@ def _recover(out_dir: Path) -> None:
             stale.unlink()
 
 
-def _armor_step(model, loss_module, stage, rng, batch_size, tokenizer, codes, vision_size, max_objects):
-    batch = make_batch(rng, dict(stage.mix), batch_size, tokenizer, model.config, codes, vision_size, stage.p_uncond,
-                       max_objects, stage.p_text_leads)
+def _armor_step(model, loss_module, stage, rng, batch_size, tokenizer, codes, vision_size, max_objects, mix,
+                p_multi):
+    batch = make_batch(rng, dict(mix), batch_size, tokenizer, model.config, codes, vision_size, stage.p_uncond,
+                       max_objects, stage.p_text_leads, p_multi)
     return loss_module(batch)
 
 
-def _vq_step(model, loss_module, stage, rng, batch_size, tokenizer, codes, vision_size, _max_objects):
+def _vq_step(model, loss_module, stage, rng, batch_size, tokenizer, codes, vision_size, _max_objects, _mix,
+             _p_multi):
     res = model.config.vqgan["resolution"]
     pixels = torch.from_numpy(np.stack([to_unit_range(world.render(world.sample_scene(rng), res), res)
                                         for _ in range(batch_size)]))

@@ -298,14 +298,14 @@ def default_layout(request: Request, sizes: Sequence[str]) -> Scene:
 
 
 def drawing_request(rng: np.random.Generator, heldout: bool, max_objects: int,
-                    p_position: float = 0.65, p_size: float = P_SIZE) -> tuple[Scene, Request]:
+                    p_position: float = 0.65, p_size: float = P_SIZE, min_objects: int = 1) -> tuple[Scene, Request]:
     """A request (in naming order) and the scene that fulfils it by the default layout, the
-    scene of the requested split."""
+    scene of the requested split; `min_objects` (capped by `max_objects`) to `max_objects` objects."""
     for _ in range(10_000):
         if max_objects > 1 and rng.random() < 0.15:
             scene = _group_scene(rng, int(rng.integers(2, max_objects + 1)))
         else:
-            scene = _random_scene(rng, int(rng.integers(1, max_objects + 1)))
+            scene = _random_scene(rng, int(rng.integers(min(min_objects, max_objects), max_objects + 1)))
         pairs = _request_pairs(rng, scene, p_position, p_size)
         request = tuple(w for w, _ in pairs)
         drawn = default_layout(request, [o.size for _, o in pairs])
@@ -518,12 +518,19 @@ def _suffix(rng: np.random.Generator) -> str:
     return _pick(rng, language.SUFFIXES)
 
 
-def _make_t2ti(rng: np.random.Generator, heldout: bool, max_objects: int, paraphrase: bool) -> Sample:
-    """Draw, then say: 'here is <the scene>.' + the image + a closing sentence that answers the tail."""
+def _make_t2ti(rng: np.random.Generator, heldout: bool, max_objects: int, paraphrase: bool,
+               p_multi: float = 0.0) -> Sample:
+    """Draw, then say: 'here is <the scene>.' + the image + a closing sentence that answers the tail.
+    A share `p_multi` of the samples are requests for two or three objects (restating practice)."""
     lang = language
     r = rng.random()
     request = None
-    if r < 0.2:  # a single object, then where it is
+    if p_multi and max_objects > 1 and rng.random() < p_multi:
+        scene, request = drawing_request(rng, heldout, max_objects, min_objects=2)
+        tail = _pick(rng, lang.split(lang.TELL_TAILS, lang.PARAPHRASE_TELL_TAILS, paraphrase))
+        prompt = drawing_prompt(rng, request, paraphrase) + tail
+        closing = total_sentence(len(scene))
+    elif r < 0.2:  # a single object, then where it is
         scene, request = drawing_request(rng, heldout, 1, p_position=0.0)
         tail = _pick(rng, lang.split(lang.WHERE_TAILS, lang.PARAPHRASE_WHERE_TAILS, paraphrase))
         prompt = drawing_prompt(rng, request, paraphrase) + tail
@@ -546,10 +553,12 @@ def _make_t2ti(rng: np.random.Generator, heldout: bool, max_objects: int, paraph
 
 
 def make_sample(rng: np.random.Generator, mode: str, heldout: bool = False,
-                max_objects: int = MAX_OBJECTS, paraphrase: bool = False, p_size: float = P_SIZE) -> Sample:
+                max_objects: int = MAX_OBJECTS, paraphrase: bool = False, p_size: float = P_SIZE,
+                p_multi: float = 0.0) -> Sample:
     """A random sample of `mode`; scenes come from the held-out split with heldout=True, and
     phrasings from the held-out templates with paraphrase=True (language.PARAPHRASE_*). A t2i
-    prompt states each object's size with probability `p_size`.
+    prompt states each object's size with probability `p_size`; a share `p_multi` of t2ti
+    samples ask for two or three objects (the `base` stage's restating phase).
 
     t2t ignores `heldout` (no scene). `max_objects` caps the scenes the model is asked to draw
     (t2i, t2ti: the training curriculum); understanding scenes (ti2t) keep 1-3 objects.
@@ -565,7 +574,7 @@ def make_sample(rng: np.random.Generator, mode: str, heldout: bool = False,
         prompt = drawing_prompt(rng, request, paraphrase) + _suffix(rng)
         return Sample(mode="t2i", prompt=prompt, answer=[scene], request=request)
     if mode == "t2ti":
-        return _make_t2ti(rng, heldout, max_objects, paraphrase)
+        return _make_t2ti(rng, heldout, max_objects, paraphrase, p_multi)
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 

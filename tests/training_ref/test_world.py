@@ -312,3 +312,14 @@ def test_the_stated_t2i_set_states_every_size_so_each_request_fixes_its_held_out
     assert all(world.default_layout(s.request, ["small"] * len(s.request)) == s.answer[0] for s in stated)
     assert any(w.size is None for s in world.heldout_t2i(100) for w in s.request)  # the leaking default set
     assert world.heldout_t2i(20, every_size=True) == world.heldout_t2i(20, every_size=True)
+
+
+def test_restating_practice_asks_for_several_objects_and_leaves_the_stream_alone():
+    """p_multi: t2ti samples that ask for two or three objects (base's last phase); at 0 the
+    generator's stream, and so every shipped recipe's data, is what it was."""
+    many = [world.make_sample(np.random.default_rng(i), "t2ti", p_multi=1.0) for i in range(40)]
+    assert all(s.request is not None and len(s.request) >= 2 for s in many)
+    assert all(s.answer[0] == f"here is {world.describe(s.answer[1])}." for s in many)
+    plain = [world.make_sample(np.random.default_rng(i), "t2ti") for i in range(40)]
+    again = [world.make_sample(np.random.default_rng(i), "t2ti", p_multi=0.0) for i in range(40)]
+    assert plain == again and sum(s.request is not None and len(s.request) >= 2 for s in plain) < 30
