@@ -43,7 +43,7 @@ log = logging.getLogger("armor-train")
 # Steps and batch sizes of the shipped `tiny` checkpoint (fixed seed 0; docs/model-card.md says why
 # each, and how long each takes); `onestage` gets the WoHG stages' budget (what + how + better) for a
 # fair ablation.
-TINY_SCHEDULE = {"vq": (3000, 16), "base": (3600, 32), "what": (400, 32), "how": (10000, 16),
+TINY_SCHEDULE = {"vq": (3000, 16), "base": (2400, 32), "what": (400, 32), "how": (10000, 16),
                  "better": (400, 32)}
 PRETRAINED_BATCH = 8  # --from-pretrained: 1000 steps of 8 per stage
 _WOHG_STEPS = sum(TINY_SCHEDULE[s][0] for s in train.WOHG)

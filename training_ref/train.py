@@ -20,9 +20,9 @@ frozen decoder untrained code embeddings are nearly indistinguishable (docs/mode
 
 `vq` trains the VQGAN alone (L1 + L2 reconstruction + codebook/commitment; dead codes are
 re-seeded from encoder outputs). `base` trains the whole MLLM on understanding (t2t, ti2t) and
-on the drawing prompts' text side (`<imgbos>`, t2ti's sentences), and ends with a phase of
-restating practice (`Phase`: t2ti's "here is ..." for two- and three-object requests): only the
-embedded default needs it, real users start from a pretrained MLLM.
+on the drawing prompts' text side (`<imgbos>`, t2ti's sentences): only the embedded default
+needs it, real users start from a pretrained MLLM. A stage may end with a `Phase` on other data
+(`RESTATING`, tried for `base`; not shipped).
 
 Every stage resumes after a kill: its folder holds the last checkpoint (written atomically)
 plus `train_state.json` and the optimizer moments; the data stream of step s is drawn from a
@@ -90,7 +90,9 @@ class Stage:
     # share of t2ti samples whose image follows the answer's own text, not the prompt (data.make_batch);
     # no shipped stage uses it (its trials: docs/model-card.md)
     p_text_leads: float = 0.0
-    then: Phase | None = None  # a last phase on other data (`base`: restating practice)
+    # a last phase on other data; no shipped stage has one (the 15th trial's `base` ended with
+    # RESTATING, and its `how` drew worse: docs/model-card.md)
+    then: Phase | None = None
 
     def phase_at(self, step: int, steps: int) -> tuple[int, int, tuple[tuple[str, float], ...], float, float]:
         """(first step, steps, data mix, lr, p_multi) of the phase that `step` of `steps` is in."""
@@ -107,15 +109,15 @@ class Stage:
         return world.MAX_OBJECTS
 
 
+# restating practice: t2ti's "here is ..." for two- and three-object requests, which v2's `base`
+# mix does not teach (docs/model-card.md, the 15th trial: `Stage.then` of a 3600-step `base`)
+RESTATING = Phase(1 / 3, (("t2t", 0.1), ("ti2t", 0.15), ("t2i", 0.05), ("t2ti", 0.7)), 1e-3, p_multi=0.8)
 CURRICULUM = ((0.15, 1), (0.3, 2))  # the stages that first learn to draw: 1 object, then <= 2, then 1-3
 
 STAGES = {
     "vq": Stage("vq", ("vqgan",), 0.0, 0.0, (), 1e-3),
-    # base's last third practises restating two- and three-object requests (t2ti's "here is ...");
-    # mixed into its first part, the decoder does not learn it (docs/model-card.md, v2 trials)
     "base": Stage("base", ("vision", "decoder", "original_embeddings", "text_head", "imgbos_head"), 1.0, 0.0,
-                  (("t2t", 0.35), ("ti2t", 0.45), ("t2i", 0.1), ("t2ti", 0.1)), 2e-3,
-                  then=Phase(1 / 3, (("t2t", 0.1), ("ti2t", 0.15), ("t2i", 0.05), ("t2ti", 0.7)), 1e-3, p_multi=0.8)),
+                  (("t2t", 0.35), ("ti2t", 0.45), ("t2i", 0.1), ("t2ti", 0.1)), 2e-3),
     "what": Stage("what", ("new_embeddings", "text_head", "imgbos_head"), 1.0, 0.0,
                   (("t2t", 0.1), ("ti2t", 0.3), ("t2i", 0.3), ("t2ti", 0.3)), 2e-3),
     "how": Stage("how", ("new_embeddings", "adapter", "visual_head"), 0.0, 1.0,

@@ -82,9 +82,10 @@ def test_resume_continues_from_last_checkpoint(tmp_path, tokenizer, stage_name):
     from training_ref.model import ArmorModel
 
     torch.manual_seed(0)
-    # a stage cut short by a smaller total stands in for a killed one: without base's last phase,
+    # a stage cut short by a smaller total stands in for a killed one: so without a last phase,
     # whose first step depends on the total (test_phase_restarts_the_learning_rate_on_its_own_mix)
-    stage = dataclasses.replace(train.STAGES[stage_name.split("+")[0]], then=None)
+    stage = train.STAGES[stage_name.split("+")[0]]
+    assert stage.then is None
     if stage_name.endswith("+cell"):
         stage = dataclasses.replace(stage, cell_weight=1.0)
     out = tmp_path / stage.name
@@ -106,10 +107,12 @@ def test_resume_continues_from_last_checkpoint(tmp_path, tokenizer, stage_name):
 
 
 def test_phase_restarts_the_learning_rate_on_its_own_mix():
+    import dataclasses
+
     from training_ref import train
 
-    base = train.STAGES["base"]
-    assert base.then is not None and dict(base.then.mix)["t2ti"] > dict(base.mix)["t2ti"]
+    base = dataclasses.replace(train.STAGES["base"], then=train.RESTATING)  # the 15th trial's `base`
+    assert dict(base.then.mix)["t2ti"] > dict(base.mix)["t2ti"]
     assert base.phase_at(0, 3600) == (0, 2400, base.mix, base.lr, 0.0)
     assert base.phase_at(2399, 3600)[:2] == (0, 2400)
     assert base.phase_at(2400, 3600) == (2400, 1200, base.then.mix, base.then.lr, base.then.p_multi)
