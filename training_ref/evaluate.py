@@ -95,12 +95,12 @@ class Undrawn:
         return "<image not drawn>"
 
 
-def answer_until_image(model, tokenizer, sample: world.Sample, max_new_tokens: int) -> list:
-    """The greedy answer to `sample` up to where it starts an image, then `Undrawn()` if it
+def answer_until_image(model, tokenizer, messages: list[dict], max_new_tokens: int) -> list:
+    """The greedy answer to `messages` up to where it starts an image, then `Undrawn()` if it
     started one: text-only scoring without the cost of drawing (`--skip-generation`, `base`)."""
     from training_ref.generate import generate
 
-    out, ids = generate(model, tokenizer, messages_for(sample), max_new_tokens=max_new_tokens, return_ids=True,
+    out, ids = generate(model, tokenizer, messages, max_new_tokens=max_new_tokens, return_ids=True,
                         sampling=SamplingParams(), stop_at_image=True)
     return [*out, Undrawn()] if ids[-1:] == [model.config.img_bos_id] else list(out)
 
@@ -156,14 +156,12 @@ def evaluation_sets(n_vqa: int = 200, n_t2i: int = 200, n_t2ti: int = 200, n_ari
     return sets
 
 
-def evaluate(generate_fn, sets: dict[str, list[world.Sample]], label: str = "", per_sample: bool = False) -> dict:
-    """`generate_fn(messages, max_new_tokens) -> interleaved list` (with `per_sample`, it gets
-    the sample instead of its messages); returns scores per set."""
+def evaluate(generate_fn, sets: dict[str, list[world.Sample]], label: str = "") -> dict:
+    """`generate_fn(messages, max_new_tokens) -> interleaved list`; returns scores per set."""
     report = {}
     for kind, samples in sets.items():
         budget = BUDGETS[_kind(kind)]
-        outs = [generate_fn(s if per_sample else messages_for(s), budget)
-                for s in tqdm(samples, desc=f"{label} {kind}".strip())]
+        outs = [generate_fn(messages_for(s), budget) for s in tqdm(samples, desc=f"{label} {kind}".strip())]
         report[kind] = score_outputs(kind, samples, outs)
     return report
 
@@ -221,18 +219,18 @@ def main(argv=None) -> int:
         only_text = args.skip_generation or name == "base"
         t0 = time.time()
         if only_text:  # nothing drawn; t2ti's sentence before the image is what `base` contributes
-            fn = lambda s, n: answer_until_image(model, tok, s, n)  # noqa: E731
-            results[name] = evaluate(fn, understanding, name, per_sample=True)
+            fn = lambda msgs, n: answer_until_image(model, tok, msgs, n)  # noqa: E731
+            results[name] = evaluate(fn, understanding, name)
             for kind in (k for k in sets if _kind(k) == "t2ti"):
-                outs = [answer_until_image(model, tok, s, BUDGETS["t2ti"])
+                outs = [answer_until_image(model, tok, messages_for(s), BUDGETS["t2ti"])
                         for s in tqdm(sets[kind], desc=f"{name} {kind} (text)")]
                 results[name][kind] = score_sentences(sets[kind], outs)
         else:
             fn = lambda msgs, n: generate(model, tok, msgs, max_new_tokens=n, cfg_scale=args.cfg_scale,  # noqa: E731
                                           sampling=SamplingParams())
             results[name] = evaluate(fn, sets, name)
-        if "t2i" in sets and not only_text:  # the ceiling of the in-distribution set
-            results[name]["vq_reconstruction"] = vq_ceiling(model, sets["t2i"])
+            if "t2i" in sets:  # the ceiling of the in-distribution set
+                results[name]["vq_reconstruction"] = vq_ceiling(model, sets["t2i"])
         results[name]["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(results, indent=2))
     if args.json:

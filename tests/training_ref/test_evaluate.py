@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from training_ref import world
-from training_ref.evaluate import (SET_NAMES, Undrawn, answer_until_image, evaluation_sets, main, score_outputs,
-                                   score_sentences)
+from training_ref.evaluate import (SET_NAMES, Undrawn, answer_until_image, evaluation_sets, main, messages_for,
+                                   score_outputs, score_sentences)
 
 
 def test_stated_sets_are_opt_in_and_scored_as_t2i() -> None:
@@ -74,7 +74,7 @@ def test_text_only_scoring_stops_at_the_image_and_counts_it(tiny_checkpoint) -> 
     model, tok = load_checkpoint(tiny_checkpoint)
     asks = [world.Sample(mode="t2t", prompt="what is 3 plus 4?", answer=["7"]),
             world.Sample(mode="t2t", prompt="draw a red circle.", answer=["7"])]
-    outs = [answer_until_image(model, tok, s, 16) for s in asks]
+    outs = [answer_until_image(model, tok, messages_for(s), 16) for s in asks]
     assert outs[0] == ["7"]
     assert isinstance(outs[1][-1], Undrawn) and all(isinstance(p, (str, Undrawn)) for p in outs[1])
     scores = score_outputs("arithmetic", asks, outs)
