@@ -29,7 +29,7 @@ from armor_export.static_decoder import StaticDecoderGraph
 from armor_export.verify import verify_bundle
 from runtime.constants import CONFIG_FILE, EMBEDDINGS_FILE, MANIFEST_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from runtime.errors import ArmorError
-from runtime.graphs import bundle_graphs
+from runtime.graphs import bundle_graphs, state_width
 from training_ref.checkpoint import load_checkpoint, read_config
 from training_ref.model import ArmorModel
 
@@ -62,13 +62,15 @@ def model_summary(model: ArmorModel, kv_cache: str = "dynamic", max_context: int
         "context_length": cfg.context_length, "cfg_scale": cfg.cfg_scale,
         "special_token_ids": cfg.to_dict()["special_token_ids"],
         "parameters": sum(p.numel() for p in model.parameters()),
+        # only when set: a bundle without it is the paper's adapter (the last layer only)
+        **({} if cfg.adapter_reads is None else {"adapter_reads": cfg.adapter_reads}),
     }
 
 
 def examples(model: ArmorModel, summary: dict) -> dict[str, tuple]:
     """Example inputs to trace with: batch 2, sequence 3, past 4 (nothing is 1 or 0)."""
     g = torch.Generator().manual_seed(0)
-    b, t, p, h = 2, 3, 4, summary["hidden_size"]
+    b, t, p, h, w = 2, 3, 4, summary["hidden_size"], state_width(summary)
     kv = (b, summary["n_kv_heads"], p, summary["head_dim"])
     ad = (b, summary["adapter_heads"], p, h // summary["adapter_heads"])
     s = summary["vision_image_size"]
@@ -86,8 +88,8 @@ def examples(model: ArmorModel, summary: dict) -> dict[str, tuple]:
     return {
         "vision_encoder": (torch.randn(b, 3, s, s, generator=g),),
         "decoder": decoder,
-        "text_head": (torch.randn(b, t, h, generator=g),),
-        "visual_head": (torch.randn(b, t, h, generator=g), torch.ones(b, p + t, dtype=torch.long),
+        "text_head": (torch.randn(b, t, w, generator=g),),
+        "visual_head": (torch.randn(b, t, w, generator=g), torch.ones(b, p + t, dtype=torch.long),
                         torch.arange(1, 1 + t).expand(b, t).contiguous(),
                         *[torch.randn(ad, generator=g) for _ in range(2 * summary["adapter_layers"])]),
         "vq_decoder": (torch.randint(0, summary["n_codes"], (b, gh, gw), generator=g),),

@@ -262,6 +262,7 @@ def verify(model, tokenizer, path: Path, gguf_type: str, reference: Path | None 
                 x = model.embed(torch.tensor([ids]))
                 h, _ = model.decode(x, position_ids=torch.arange(len(ids))[None])
                 ref = model.text_logits(h)[0].numpy()
+                h = h[..., :cfg.hidden_size]  # llama.cpp gives the last layer's states only
                 mine = _text_logits(full, cfg.n_text_vocab, cfg.img_bos_id)
                 dh = max(dh, float(np.abs(h[0].numpy() - hidden).max()))
                 dl = max(dl, float(np.abs(ref - mine).max()))

@@ -59,7 +59,7 @@ class DecoderGraph(nn.Module):
 
     def forward(self, inputs_embeds, attention_mask, position_ids, *past):
         hidden, cache = self.model.decode(inputs_embeds, attention_mask, position_ids, _cache_from_flat(past))
-        return (hidden, *_flat_from_cache(cache))  # [B, T, H], present.{i}.key/value [B, kv, P+T, D]
+        return (hidden, *_flat_from_cache(cache))  # [B, T, W], present.{i}.key/value [B, kv, P+T, D]
 
 
 class TextHeadGraph(nn.Module):
@@ -100,7 +100,8 @@ class TextModelGraph(nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
         x = self.model.embedding.original(input_ids)  # [B, T, H]
-        hidden, cache = self.model.decode(x, attention_mask, position_ids, _cache_from_flat(past))
+        states, cache = self.model.decode(x, attention_mask, position_ids, _cache_from_flat(past))
+        hidden = states[..., :self.model.config.hidden_size]  # the last layer's (`adapter_reads` adds one)
         return (self.model.mllm.lm_head(hidden), *_flat_from_cache(cache))
 
 

@@ -35,7 +35,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 class StaticDecoderGraph(nn.Module):
     """inputs_embeds [B, T, H], attention_mask [B, T], cache_mask [B, N], position_ids [B, T],
-    past [B, kv, N, D] x 2L -> hidden [B, T, H] (after the final norm), new k/v [B, kv, T, D] x 2L."""
+    past [B, kv, N, D] x 2L -> states [B, T, W] (`ArmorModel.decode`'s), new k/v [B, kv, T, D] x 2L."""
 
     def __init__(self, model: ArmorModel):
         super().__init__()
@@ -44,6 +44,7 @@ class StaticDecoderGraph(nn.Module):
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.groups = self.heads // self.kv_heads
         self.head_dim = model.config.head_dim
+        self.reads = model.config.adapter_reads  # a layer whose states follow the last layer's
         if getattr(cfg, "sliding_window", None) and "sliding_attention" in (getattr(cfg, "layer_types", None) or ()):
             raise NotImplementedError("sliding-window layers have no static-cache export yet")
 
@@ -83,7 +84,10 @@ class StaticDecoderGraph(nn.Module):
             y = y.view(b, self.heads, t, d).transpose(1, 2).reshape(b, t, self.heads * d)
             x = x + attn.o_proj(y)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return (self.lm.norm(x), *present)
+            if i + 1 == self.reads:
+                side = self.lm.norm(x)  # [B, T, H]
+        states = self.lm.norm(x) if self.reads is None else torch.cat([self.lm.norm(x), side], -1)
+        return (states, *present)
 
 
 class StaticDecoderReference(nn.Module):

@@ -99,24 +99,23 @@ def _check_vision(cmp: TorchCheck, model: ArmorModel, g, tokenizer) -> None:
 
 
 def _check_text_head(cmp: TorchCheck, model: ArmorModel, g, tokenizer) -> None:
-    h = model.config.hidden_size
-    cmp.run(torch.randn(2, 5, h, generator=g), top1_output=0)
+    cmp.run(torch.randn(2, 5, model.config.state_width, generator=g), top1_output=0)
 
 
 def _check_visual_head(cmp: TorchCheck, model: ArmorModel, g, tokenizer) -> None:
     """An image start (a context of 6 + `<imgbos>`, the second row left-padded by 2, empty
     cache), then single cached code steps continuing from the ONNX cache."""
     cfg = model.config
-    heads, h = cfg.adapter_heads, cfg.hidden_size
+    heads, h, w = cfg.adapter_heads, cfg.hidden_size, cfg.state_width
     past = [torch.zeros(2, heads, 0, h // heads) for _ in range(2 * cfg.adapter_layers)]
     mask = torch.tensor([[1] * 7, [0, 0] + [1] * 5])
     pos = model.image_positions(6)[None].expand(2, 7).contiguous()
-    outs = cmp.run(torch.randn(2, 7, h, generator=g), mask, pos, *past, top1_output=0, valid=mask.bool().numpy())
+    outs = cmp.run(torch.randn(2, 7, w, generator=g), mask, pos, *past, top1_output=0, valid=mask.bool().numpy())
     present = outs[1:]
     for i in range(1, 5):
         mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
         pos = torch.full((2, 1), i)
-        outs = cmp.run(torch.randn(2, 1, h, generator=g), mask, pos, *present, top1_output=0)
+        outs = cmp.run(torch.randn(2, 1, w, generator=g), mask, pos, *present, top1_output=0)
         present = outs[1:]
 
 

@@ -111,9 +111,10 @@ def vision_encoder(image_size: int, n_image_tokens: int, hidden: int) -> GraphSp
     )
 
 
-def decoder(n_layers: int, kv_heads: int, head_dim: int, hidden: int) -> GraphSpec:
-    """Dynamic cache form: inputs_embeds + mask (past + new) + positions + past -> last hidden
-    states (after the final norm) + present (past + new)."""
+def decoder(n_layers: int, kv_heads: int, head_dim: int, hidden: int, states: int | None = None) -> GraphSpec:
+    """Dynamic cache form: inputs_embeds + mask (past + new) + positions + past -> decoder
+    states (the last layer's after the final norm; `states` wide, default `hidden`, see
+    `state_width`) + present (past + new)."""
     past = [t for i in range(n_layers) for t in _kv("past_key_values", i, "past_sequence", kv_heads, head_dim)]
     present = [t for i in range(n_layers) for t in _kv("present", i, "total_sequence", kv_heads, head_dim)]
     return GraphSpec(
@@ -122,14 +123,15 @@ def decoder(n_layers: int, kv_heads: int, head_dim: int, hidden: int) -> GraphSp
          TensorSpec("attention_mask", INT64, ("batch", "total_sequence")),
          TensorSpec("position_ids", INT64, ("batch", "sequence")),
          *past),
-        (TensorSpec("hidden_states", FLOAT, ("batch", "sequence", hidden)), *present),
+        (TensorSpec("hidden_states", FLOAT, ("batch", "sequence", states or hidden)), *present),
     )
 
 
-def static_decoder(n_layers: int, kv_heads: int, head_dim: int, hidden: int, capacity: int) -> GraphSpec:
+def static_decoder(n_layers: int, kv_heads: int, head_dim: int, hidden: int, capacity: int,
+                   states: int | None = None) -> GraphSpec:
     """Static cache form: inputs_embeds + `attention_mask` of the new tokens (0 = left padding)
     + `cache_mask` of the cache slots (1 = filled) + positions + the fixed-capacity cache ->
-    last hidden states + the new tokens' key/value rows only (no Concat on the cache)."""
+    decoder states (as `decoder`'s) + the new tokens' key/value rows only (no Concat on the cache)."""
     past = [t for i in range(n_layers) for t in _kv("past_key_values", i, capacity, kv_heads, head_dim)]
     present = [t for i in range(n_layers) for t in _kv("present", i, "sequence", kv_heads, head_dim)]
     return GraphSpec(
@@ -139,7 +141,7 @@ def static_decoder(n_layers: int, kv_heads: int, head_dim: int, hidden: int, cap
          TensorSpec("cache_mask", INT64, ("batch", capacity)),
          TensorSpec("position_ids", INT64, ("batch", "sequence")),
          *past),
-        (TensorSpec("hidden_states", FLOAT, ("batch", "sequence", hidden)), *present),
+        (TensorSpec("hidden_states", FLOAT, ("batch", "sequence", states or hidden)), *present),
     )
 
 
@@ -191,14 +193,20 @@ def text_model(n_layers: int, kv_heads: int, head_dim: int, vocab: int) -> Graph
     )
 
 
+def state_width(m: dict) -> int:
+    """Width of the decoder states the text head and the adapter read: the hidden size, twice
+    it when the adapter also reads an earlier layer (`adapter_reads`: [last | that layer])."""
+    return m["hidden_size"] * (1 if m.get("adapter_reads") is None else 2)
+
+
 def decoder_spec(m: dict) -> GraphSpec:
     """The decoder's declaration in the cache form the model summary names."""
-    form = m.get("kv_cache", "dynamic")
+    form, w = m.get("kv_cache", "dynamic"), state_width(m)
     if form == "static":
-        return static_decoder(m["n_layers"], m["n_kv_heads"], m["head_dim"], m["hidden_size"], m["kv_capacity"])
+        return static_decoder(m["n_layers"], m["n_kv_heads"], m["head_dim"], m["hidden_size"], m["kv_capacity"], w)
     if form != "dynamic":
         raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHE_FORMS)}, got {form!r}")
-    return decoder(m["n_layers"], m["n_kv_heads"], m["head_dim"], m["hidden_size"])
+    return decoder(m["n_layers"], m["n_kv_heads"], m["head_dim"], m["hidden_size"], w)
 
 
 def bundle_graphs(m: dict) -> dict[str, GraphSpec]:
@@ -207,9 +215,9 @@ def bundle_graphs(m: dict) -> dict[str, GraphSpec]:
     return {
         "vision_encoder": vision_encoder(m["vision_image_size"], m["n_image_tokens"], m["hidden_size"]),
         "decoder": decoder_spec(m),
-        "text_head": text_head(m["hidden_size"], m["n_text_vocab"] + 1),
+        "text_head": text_head(state_width(m), m["n_text_vocab"] + 1),
         "visual_head": visual_head(m["adapter_layers"], m["adapter_heads"], m["hidden_size"] // m["adapter_heads"],
-                                   m["hidden_size"], m["n_codes"] + 2),
+                                   state_width(m), m["n_codes"] + 2),
         "vq_decoder": vq_decoder(grid_h, grid_w, m["image_size"]),
     }
 

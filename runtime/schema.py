@@ -216,7 +216,8 @@ MODEL = Record(
         "adapter_heads": count(), "adapter_context_start": Whole(0), "context_length": count(),
         "cfg_scale": Number(0), "special_token_ids": SPECIAL_TOKEN_IDS,
     },
-    optional={"preset": Text(), "architecture": Text(), "kv_capacity": count(), "parameters": Whole(0, None)},
+    optional={"preset": Text(), "architecture": Text(), "kv_capacity": count(), "parameters": Whole(0, None),
+              "adapter_reads": count()},
 )
 
 AXIS = OneOf(Text(pattern=r"[A-Za-z_][A-Za-z0-9_]*", what="an axis name"), count(),
@@ -302,6 +303,9 @@ def _relations(m: dict) -> None:
     if m["n_new"] < m["n_codes"] + 3:
         raise SchemaError("model.n_new", f"must hold n_codes + 3 special tokens (>= {m['n_codes'] + 3}), "
                                          f"got {m['n_new']}")
+    if "adapter_reads" in m and m["adapter_reads"] >= m["n_layers"]:
+        raise SchemaError("model.adapter_reads", f"must be a decoder layer below n_layers {m['n_layers']}, "
+                                                 f"got {m['adapter_reads']}")
     if m["hidden_size"] % m["adapter_heads"]:
         raise SchemaError("model.adapter_heads", f"must divide hidden_size {m['hidden_size']}, "
                                                  f"got {m['adapter_heads']}")

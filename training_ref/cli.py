@@ -19,6 +19,7 @@ process with N threads (docs/design.md); a stop signal reaches the workers, whic
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -73,6 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                                      "(default 200)")
     p.add_argument("--save-seconds", type=number(1.0), default=120.0,
                    help="... and every S seconds of wall time (default 120); Ctrl-C / SIGTERM also save")
+    p.add_argument("--adapter-reads", type=whole(1), metavar="LAYER",
+                   help="the adapter also reads this decoder layer's states (default: the last layer only); "
+                        "set before the adapter first trains (a new run, or one continued up to `how`)")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="dtype of `final`")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -145,6 +149,27 @@ def start_model(model: ArmorModel, stages: list[str], pipeline: list[str], out: 
     return load_checkpoint(out / before)[0]
 
 
+def adapter_reading(model: ArmorModel, layer: int | None, stages: list[str], out: Path) -> ArmorModel:
+    """`model` with its adapter also reading decoder `layer` (--adapter-reads). Only before the
+    adapter first trains (its mixing weights start as "the last layer only", no random draw),
+    so a run continued into `how` trains what one command with the flag trains."""
+    if layer is None or model.config.adapter_reads == layer:
+        return model
+    if not stages or stages[0] not in ("vq", "base", "what", "how") or (out / "how").exists():
+        was = model.config.adapter_reads
+        raise InputError(f"--adapter-reads {layer}: this run's adapter already trained reading "
+                         f"{'the last layer only' if was is None else f'layer {was} too'}; start a new --out folder")
+    try:
+        cfg = dataclasses.replace(model.config, adapter_reads=layer)
+    except ValueError as e:
+        raise InputError(f"--adapter-reads: {e}") from e
+    with torch.random.fork_rng(devices=[]):  # the stages' random draws stay those of a run without it
+        new = ArmorModel(cfg)
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    assert missing == ["adapter.mix"] and not unexpected, (missing, unexpected)
+    return new.train(model.training)
+
+
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     workers = world_size if world_size > 1 else args.workers or (2 if args.preset == "tiny" else 1)
@@ -171,6 +196,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     log.info("model: %s, %.2fM parameters; stages: %s", model.config.preset, n_params / 1e6, " ".join(stages) or "none")
     pipeline = list(train.WOHG) if args.from_pretrained else ["vq", "base", *train.WOHG]
     model = start_model(model, stages, pipeline, args.out)
+    model = adapter_reading(model, args.adapter_reads, stages, args.out)
     base_model = None
     for name in stages:
         steps, batch = schedule[name]

@@ -5,9 +5,9 @@ extended text head, adapter, visual head), then the model with its entry points:
 
     encode_images(pixels)            -> image embeddings for the `<IMG_CONTEXT>` placeholders
     embed(ids, image_embeds)         -> inputs_embeds from the unified table
-    decode(embeds, mask, pos, cache) -> last hidden states (after the final norm), cache
-    text_logits(hidden)              -> logits over the text vocab + `<imgbos>`
-    image_logits(hidden, positions, past, mask) -> logits over the codes + `<imgend>` + `<imgpad>`
+    decode(embeds, mask, pos, cache) -> decoder states (the last layer's after the final norm), cache
+    text_logits(states)              -> logits over the text vocab + `<imgbos>`
+    image_logits(states, positions, past, mask) -> logits over the codes + `<imgend>` + `<imgpad>`
 
 Token id space (unified): [0, V) text tokens, V + c for image code c, then `<imgbos>`,
 `<imgend>`, `<imgpad>`. The text head's last logit is `<imgbos>`; the visual head's logits
@@ -22,6 +22,10 @@ and reading "what to draw" from the prompt's own hidden states, in their order, 
 adapter find each object's phrase ("a large red triangle at the top left") by its position
 words; the cost is one adapter prefill over the context per image, and the adapter still
 never runs for text tokens (what was measured: docs/model-card.md).
+
+`adapter_reads` (off by default) gives the adapter a second view of the same tokens: an
+earlier decoder layer's states beside the last. Then the decoder states are [last | layer k]
+(width 2H): the text head reads the first half, the adapter mixes both into H.
 
 This file knows no training, optimizer, export or sampling code.
 """
@@ -53,6 +57,17 @@ class ArmorConfig:
     eos_token_id: int = 2  # `<|im_end|>`: ends the assistant turn
     pad_token_id: int = 0
     preset: str = "custom"
+    # a decoder layer (1 .. layers - 1) whose states, after the final norm, the adapter reads
+    # beside the last layer's; None: the last only (the paper's)
+    adapter_reads: int | None = None
+
+    def __post_init__(self):
+        if self.adapter_reads is None:
+            return
+        n = self.mllm["text_config"]["num_hidden_layers"]
+        if isinstance(self.adapter_reads, bool) or not isinstance(self.adapter_reads, int) \
+                or not 1 <= self.adapter_reads < n:
+            raise ValueError(f"adapter_reads must be a decoder layer in 1..{n - 1}, got {self.adapter_reads}")
 
     # --- derived: the unified id space -------------------------------------------------
     @property
@@ -62,6 +77,10 @@ class ArmorConfig:
     @property
     def hidden_size(self) -> int:
         return self.mllm["text_config"]["hidden_size"]
+
+    @property
+    def state_width(self) -> int:  # the decoder states' width: H, or 2H with `adapter_reads`
+        return self.hidden_size * (1 if self.adapter_reads is None else 2)
 
     @property
     def head_dim(self) -> int:  # explicit in Qwen3 / InternVL3.5 configs (not hidden / heads there)
@@ -204,10 +223,14 @@ class Adapter(nn.Module):
             AdapterBlock(h, cfg.adapter_heads, cfg.adapter_intermediate) for _ in range(cfg.adapter_layers)
         )
         self.norm = RMSNorm(h)
+        self.mix = None
+        if cfg.adapter_reads is not None:
+            # [last | layer k] -> H; starts as "the last layer only" (and draws no random numbers)
+            self.mix = nn.Parameter(torch.cat([torch.eye(h), torch.zeros(h, h)], 1))  # [H, 2H]
 
     def forward(self, hidden: torch.Tensor, positions: torch.Tensor, past: list | None = None,
                 mask: torch.Tensor | None = None):
-        """hidden [B, T, H] decoder states after `past`; positions [B, T] adapter positions;
+        """hidden [B, T, W] decoder states after `past`; positions [B, T] adapter positions;
         mask [B, P+T] (1 = real token, 0 = padding; None = all real) -> ([B, T, H], new cache)."""
         b, t, _ = hidden.shape
         total = t + (0 if past is None else past[0][0].shape[2])
@@ -217,6 +240,8 @@ class Adapter(nn.Module):
             # a padded query row with no key left would give NaN: let it see itself
             keys = torch.arange(total, device=hidden.device)
             attend = attend | (keys[None] == keys[total - t:, None])[None, None]
+        if self.mix is not None:
+            hidden = F.linear(hidden, self.mix)  # [B, T, 2H] -> [B, T, H]
         x = hidden + self.pos(positions)  # [B, T, H]
         present = []
         for i, block in enumerate(self.blocks):
@@ -277,20 +302,24 @@ class ArmorModel(nn.Module):
         return x
 
     def decode(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None):
-        """[B, T, H] -> (hidden [B, T, H] after the final norm, cache). Decoder only, no head."""
+        """[B, T, H] -> (states [B, T, W], cache). Decoder only, no head. The states are the last
+        layer's after the final norm, then (with `adapter_reads` k) layer k's after the same norm."""
         lm = self.mllm.model.language_model
-        name = _cache_argument(type(lm))
+        name, k = _cache_argument(type(lm)), self.config.adapter_reads
         out = lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                 use_cache=cache is not None, **{name: cache})
-        return out.last_hidden_state, getattr(out, name)
+                 use_cache=cache is not None, output_hidden_states=k is not None, **{name: cache})
+        if k is None:
+            return out.last_hidden_state, getattr(out, name)
+        return torch.cat([out.last_hidden_state, lm.norm(out.hidden_states[k])], -1), getattr(out, name)
 
     def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [..., H] -> [..., V + 1]; the last column is `<imgbos>`."""
+        """states [..., W] -> [..., V + 1] from the last layer's part; the last column is `<imgbos>`."""
+        hidden = hidden[..., :self.config.hidden_size]
         return torch.cat([self.mllm.lm_head(hidden), self.imgbos_head(hidden)], -1)
 
     def image_logits(self, hidden: torch.Tensor, positions: torch.Tensor, past: list | None = None,
                      mask: torch.Tensor | None = None):
-        """Decoder hidden states [B, T, H] continuing the adapter cache `past` (None when an
+        """Decoder states [B, T, W] continuing the adapter cache `past` (None when an
         image starts: then `hidden` is the context followed by `<imgbos>`), their adapter
         positions [B, T] (see `image_positions`) and the key mask [B, P+T]
         -> (logits [B, T, n_codes + 2], adapter cache)."""

@@ -179,7 +179,7 @@ class ArmorLoss(torch.nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in upstream)):
             image_embeds = m.encode_images(batch.pixel_values) if batch.pixel_values is not None else None
             x = m.embed(ids, image_embeds)  # [B, T, H]
-            hidden, _ = m.decode(x, mask, pos)  # [B, T, H]
+            hidden, _ = m.decode(x, mask, pos)  # [B, T, W] (W = H, or 2H with `adapter_reads`)
         loss, stats = hidden.new_zeros(()), {}
         if self.alpha:
             sel = batch.text_labels != IGNORE  # [B, T]

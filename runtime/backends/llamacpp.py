@@ -22,8 +22,9 @@ llama.cpp's memory as sequences of one context:
   Sequence ids are pooled; a dropped stream gives its sequences back (weakref finalizer).
 - KV cache f32 (`type_k = type_v = 0`): with f32 weights the logits match PyTorch to ~1e-5.
 
-It refuses (one line, `BundleError`) a bundle without text.gguf in its manifest and a
-text.gguf of another bundle, model or ARMOR GGUF version. It knows llama.cpp's low-level
+It refuses (one line, `BundleError`) a bundle whose adapter reads an earlier decoder layer
+(`adapter_reads`: llama.cpp outputs the last layer's states only), a bundle without text.gguf
+in its manifest and a text.gguf of another bundle, model or ARMOR GGUF version. It knows llama.cpp's low-level
 ctypes API (llama-cpp-python 0.3.x); it knows nothing about modes, sampling or guidance.
 """
 
@@ -261,6 +262,10 @@ def open_engines(bundle, device: str = "cpu", threads: int | None = None, n_seq:
 
     if device not in ("cpu", "cuda"):
         raise DeviceError(f"--backend llamacpp runs on device cpu or cuda, got {device!r}")
+    reads = bundle.model.get("adapter_reads")
+    if reads is not None:  # llama.cpp outputs the last layer's states only
+        raise BundleError(f"{bundle.path}'s adapter also reads decoder layer {reads}, which llama.cpp does not "
+                          f"output: run it with --backend ort or tensorrt")
     L = _lib()
     gpu_layers = 0
     if device == "cuda":

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import onnx
 import pytest
@@ -153,6 +154,7 @@ def test_fp16_conversion_with_shapes_inferred_on_disk_matches_in_memory(random_b
     import onnxruntime as ort
 
     from armor_export.onnx_files import convert_fp16
+    from runtime.backends.ort import session_options  # joins the process's shared pool if a test made one
 
     outs = []
     for on_disk in (False, True):
@@ -161,7 +163,7 @@ def test_fp16_conversion_with_shapes_inferred_on_disk_matches_in_memory(random_b
         shutil.copy(random_bundle / "text_head.onnx", folder / "text_head.onnx")
         convert_fp16(folder / "text_head.onnx", infer_on_disk=on_disk)
         assert sorted(p.name for p in folder.iterdir()) == ["text_head.onnx"]  # no temporary left behind
-        sess = ort.InferenceSession(str(folder / "text_head.onnx"), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(folder / "text_head.onnx"), session_options(), providers=["CPUExecutionProvider"])
         x = np.random.default_rng(0).standard_normal((1, 3, sess.get_inputs()[0].shape[-1])).astype(np.float16)
         outs.append(sess.run(None, {"hidden_states": x})[0])
     assert outs[0].dtype == np.float16
@@ -198,3 +200,47 @@ def test_explicit_head_dim_is_read_from_the_config(tokenizer, tmp_path):
         assert m["verification"]["passed"] and m["model"]["head_dim"] == 48
         past = next(t for t in m["graphs"]["decoder"]["inputs"] if t["name"] == "past_key_values.0.key")
         assert past["axes"][3] == 48
+
+
+def test_an_adapter_reading_an_earlier_layer_exports_in_both_cache_forms(tokenizer, tmp_path):
+    """`adapter_reads`: the decoder's states [last | layer k] flow through every graph of both
+    cache forms; each is verified against PyTorch, the runtime's image logits match the
+    reference's, and the llama.cpp backend (which outputs the last layer only) refuses it."""
+    import numpy as np
+    import torch
+
+    from runtime.backends import open_model
+    from runtime.bundle import open_bundle
+    from runtime.errors import BundleError
+    from training_ref.checkpoint import save_checkpoint, tiny_config
+    from training_ref.model import ArmorModel
+
+    torch.manual_seed(0)
+    model = ArmorModel(replace(tiny_config(tokenizer), adapter_reads=2)).eval()
+    h = model.config.hidden_size
+    with torch.no_grad():  # as if `how` had trained it: the earlier layer counts
+        model.adapter.mix[:, h:] = 0.2 * torch.randn(h, h)
+    ckpt = save_checkpoint(model, tokenizer, tmp_path / "reads")
+    ids = [5, 17, 40, 9, 33, model.config.img_bos_id] + [model.config.code_offset + c for c in (3, 7, 1)]
+    with torch.no_grad():
+        states, _ = model.decode(model.embed(torch.tensor([ids])))
+        n = len(ids) - 3  # context + `<imgbos>`, then the codes
+        pos = model.image_positions(n - 1, 0, 4)[None]
+        ref = model.image_logits(states, pos)[0][0, n - 1:].numpy()  # [4, n_codes + 2]
+    for form in ("dynamic", "static"):
+        m = export_bundle(ckpt, tmp_path / form, kv_cache=form, max_context=64 if form == "static" else None,
+                          with_text_model=form == "dynamic", progress=False)
+        assert m["verification"]["passed"] and m["model"]["adapter_reads"] == 2
+        out = next(t for t in m["graphs"]["decoder"]["outputs"] if t["name"] == "hidden_states")
+        assert out["axes"][-1] == 2 * h
+        bundle = open_bundle(tmp_path / form)
+        rt = open_model(bundle, "ort", "cpu", 1)
+        try:
+            ctx = rt.start(ids).context()[0]
+            cursor = rt.image_cursor(ctx[:, :n], np.ones((1, n), np.int64))
+            got = np.concatenate([cursor.prefill()[:, None], cursor.append(ctx[:, n:])], 1)[0]
+        finally:
+            rt.close()
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+    with pytest.raises(BundleError, match="llama.cpp does not output"):
+        open_model(open_bundle(tmp_path / "dynamic"), "llamacpp", "cpu", 1)

@@ -265,3 +265,37 @@ def test_a_stage_said_to_use_every_group_gives_each_a_gradient(tiny_model, token
     model.zero_grad(set_to_none=True)
     for p in model.parameters():
         p.requires_grad_(False)
+
+
+def test_an_adapter_that_reads_an_earlier_layer_starts_as_the_last_layer_only(tiny_model):
+    """`adapter_reads` k: the decoder states are [last | layer k after the final norm]; the text
+    head reads the first half; the adapter's mixing weights start as "the last layer only" (so
+    a run gets the same numbers until `how` trains them) and then read layer k too."""
+    from training_ref.model import ArmorModel
+
+    cfg = tiny_model.config
+    reads = ArmorModel(replace(cfg, adapter_reads=1)).eval()
+    missing, unexpected = reads.load_state_dict(tiny_model.state_dict(), strict=False)
+    assert missing == ["adapter.mix"] and not unexpected
+    ids = torch.randint(10, cfg.n_text_vocab, (2, 12))
+    with torch.no_grad():
+        last, _ = tiny_model.decode(tiny_model.embed(ids))
+        states, _ = reads.decode(reads.embed(ids))
+        h = cfg.hidden_size
+        assert states.shape == (2, 12, 2 * h) and reads.config.state_width == 2 * h
+        torch.testing.assert_close(states[..., :h], last)
+        lm = reads.mllm.model.language_model
+        layer1 = lm(inputs_embeds=reads.embed(ids), output_hidden_states=True).hidden_states[1]
+        torch.testing.assert_close(states[..., h:], lm.norm(layer1))
+        torch.testing.assert_close(reads.text_logits(states), tiny_model.text_logits(last))
+        pos = reads.image_positions(11)[None].expand(2, 12)
+        before = tiny_model.image_logits(last, pos)[0]
+        torch.testing.assert_close(reads.image_logits(states, pos)[0], before)
+        reads.adapter.mix[:, h:] = 0.1 * torch.randn(h, h)  # as if `how` had trained it
+        assert not torch.allclose(reads.image_logits(states, pos)[0], before, atol=1e-3)
+
+
+@pytest.mark.parametrize("layer", [0, 4, True, "1"])
+def test_adapter_reads_must_name_an_earlier_decoder_layer(tiny_model, layer):
+    with pytest.raises(ValueError, match="adapter_reads"):
+        replace(tiny_model.config, adapter_reads=layer)

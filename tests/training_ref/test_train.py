@@ -260,3 +260,24 @@ def test_curriculum_draws_single_objects_first():
     assert train.STAGES["onestage"].curriculum == how.curriculum  # the ablation sees the same data
     assert train.STAGES["onestage"].p_text_leads == how.p_text_leads
     assert all(train.STAGES[s].max_objects(0, 10) == 3 for s in ("what", "better"))
+
+
+def test_adapter_reads_from_the_command_or_set_before_how_trains_the_same(tmp_path, capsys):
+    """`--adapter-reads 1` leaves `vq`, `base`, `what` as a run without it trains them, and
+    set on a run continued into `how` it trains the `how` one command with it trains; once the
+    adapter has trained, changing what it reads is refused in one line."""
+    from safetensors.torch import load_file
+
+    common = ["--preset", "tiny", "--max-steps", "2", "--batch-size", "2", "--quiet", "--workers", "1"]
+    one, split = tmp_path / "one", tmp_path / "split"
+    assert main([*common, "--out", str(one), "--stages", "vq", "base", "what", "how", "--adapter-reads", "1"]) == 0
+    assert main([*common, "--out", str(split), "--stages", "vq", "base", "what"]) == 0
+    a, b = load_file(one / "what" / MODEL_FILE), load_file(split / "what" / MODEL_FILE)
+    assert a.keys() - b.keys() == {"adapter.mix"} and all(a[k].equal(b[k]) for k in b)
+    assert main([*common, "--out", str(split), "--stages", "how", "--adapter-reads", "1"]) == 0
+    assert (one / "how" / MODEL_FILE).read_bytes() == (split / "how" / MODEL_FILE).read_bytes()
+    assert load_checkpoint(split / "how")[0].config.adapter_reads == 1
+    capsys.readouterr()
+    assert main([*common, "--out", str(split), "--stages", "better", "--adapter-reads", "2"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already trained reading layer 1 too" in err
