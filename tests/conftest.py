@@ -58,6 +58,25 @@ def random_checkpoint(tmp_path_factory, tokenizer):
 
 
 @pytest.fixture(scope="session")
+def reads_checkpoint(tmp_path_factory, tokenizer):
+    """A tiny random checkpoint whose adapter also reads decoder layer 2 (`adapter_reads`), with
+    mixing weights as if `how` had trained them (so the earlier layer counts)."""
+    from dataclasses import replace
+
+    import torch
+
+    from training_ref.checkpoint import save_checkpoint, tiny_config
+    from training_ref.model import ArmorModel
+
+    torch.manual_seed(0)
+    model = ArmorModel(replace(tiny_config(tokenizer), adapter_reads=2)).eval()
+    h = model.config.hidden_size
+    with torch.no_grad():
+        model.adapter.mix[:, h:] = 0.2 * torch.randn(h, h)
+    return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("ckpt") / "reads")
+
+
+@pytest.fixture(scope="session")
 def random_bundle(tmp_path_factory, request):
     if _prebuilt("random"):
         return _prebuilt("random")

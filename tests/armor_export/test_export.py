@@ -2,7 +2,6 @@
 
 import json
 import shutil
-from dataclasses import replace
 
 import onnx
 import pytest
@@ -202,7 +201,7 @@ def test_explicit_head_dim_is_read_from_the_config(tokenizer, tmp_path):
         assert past["axes"][3] == 48
 
 
-def test_an_adapter_reading_an_earlier_layer_exports_in_both_cache_forms(tokenizer, tmp_path):
+def test_an_adapter_reading_an_earlier_layer_exports_in_both_cache_forms(reads_checkpoint, tmp_path):
     """`adapter_reads`: the decoder's states [last | layer k] flow through every graph of both
     cache forms; each is verified against PyTorch, the runtime's image logits match the
     reference's, and the llama.cpp backend (which outputs the last layer only) refuses it."""
@@ -212,15 +211,11 @@ def test_an_adapter_reading_an_earlier_layer_exports_in_both_cache_forms(tokeniz
     from runtime.backends import open_model
     from runtime.bundle import open_bundle
     from runtime.errors import BundleError
-    from training_ref.checkpoint import save_checkpoint, tiny_config
-    from training_ref.model import ArmorModel
+    from training_ref.checkpoint import load_checkpoint
 
-    torch.manual_seed(0)
-    model = ArmorModel(replace(tiny_config(tokenizer), adapter_reads=2)).eval()
+    ckpt = reads_checkpoint
+    model = load_checkpoint(ckpt)[0]
     h = model.config.hidden_size
-    with torch.no_grad():  # as if `how` had trained it: the earlier layer counts
-        model.adapter.mix[:, h:] = 0.2 * torch.randn(h, h)
-    ckpt = save_checkpoint(model, tokenizer, tmp_path / "reads")
     ids = [5, 17, 40, 9, 33, model.config.img_bos_id] + [model.config.code_offset + c for c in (3, 7, 1)]
     with torch.no_grad():
         states, _ = model.decode(model.embed(torch.tensor([ids])))

@@ -110,6 +110,15 @@ def test_export_from_a_random_checkpoint_with_a_capacity(tmp_path, random_checkp
     assert "engines are built on the device" in note
 
 
+def test_an_adapter_reading_an_earlier_layer_has_a_tensorrt_form(tmp_path, reads_checkpoint):
+    """`adapter_reads`: the TensorRT form of the wider decoder states ([last | layer k]) gets
+    profiles of that width and passes the static check of what TensorRT parses."""
+    manifest, _ = export_tensorrt(reads_checkpoint, tmp_path / "b", Options(precision="fp16", max_context=64))
+    assert manifest["model"]["adapter_reads"] == 2
+    assert manifest["tensorrt"]["graphs"]["text_head"]["profiles"][0]["max"]["hidden_states"][-1] == 256
+    assert check_bundle(tmp_path / "b")[1] == []
+
+
 # --- the check names what TensorRT cannot parse ---------------------------------------------------------
 def _planted(opset: int = 17) -> onnx.ModelProto:
     """A hand-built graph with one node per kind of problem, each named."""
