@@ -86,7 +86,9 @@ class StaticDecoderGraph(nn.Module):
             x = x + layer.mlp(layer.post_attention_layernorm(x))
             if i + 1 == self.reads:
                 side = self.lm.norm(x)  # [B, T, H]
-        states = self.lm.norm(x) if self.reads is None else torch.cat([self.lm.norm(x), side], -1)
+        states = self.lm.norm(x)  # [B, T, H]
+        if self.reads is not None:
+            states = torch.cat([states, side], -1)  # [B, T, 2H]
         return (states, *present)
 
 

@@ -24,8 +24,9 @@ llama.cpp's memory as sequences of one context:
 
 It refuses (one line, `BundleError`) a bundle whose adapter reads an earlier decoder layer
 (`adapter_reads`: llama.cpp outputs the last layer's states only), a bundle without text.gguf
-in its manifest and a text.gguf of another bundle, model or ARMOR GGUF version. It knows llama.cpp's low-level
-ctypes API (llama-cpp-python 0.3.x); it knows nothing about modes, sampling or guidance.
+in its manifest and a text.gguf of another bundle, model or ARMOR GGUF version. It knows
+llama.cpp's low-level ctypes API (llama-cpp-python 0.3.x); it knows nothing about modes,
+sampling or guidance.
 """
 
 from __future__ import annotations
