@@ -228,11 +228,14 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-def run_prompts(path: Path, prompts: list[list[int]], threads: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(hidden [T, H], full logits [T, n_vocab]) of every prompt through llama.cpp (f32 KV cache)."""
+def run_prompts(path: Path, prompts: list[list[int]], threads: int | None = None,
+                also_layer: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(hidden [T, W], full logits [T, n_vocab]) of every prompt through llama.cpp (f32 KV cache;
+    W = H, or 2H with the adapter's earlier layer `also_layer`)."""
     from runtime.backends.llamacpp import LlamaText
 
-    with LlamaText(path, n_ctx=max(len(p) for p in prompts) + 8, n_seq=1, threads=threads) as engine:
+    with LlamaText(path, n_ctx=max(len(p) for p in prompts) + 8, n_seq=1, threads=threads,
+                   also_layer=also_layer) as engine:
         out = []
         for ids in prompts:
             engine.clear()
@@ -251,7 +254,7 @@ def verify(model, tokenizer, path: Path, gguf_type: str, reference: Path | None 
     cfg = model.config
     prompts = verification_prompts(tokenizer, cfg.n_image_tokens)
     t0 = time.time()
-    got = run_prompts(path, prompts, threads)
+    got = run_prompts(path, prompts, threads, also_layer=cfg.adapter_reads)
     report: dict = {"type": gguf_type, "prompts": len(prompts), "tokens": sum(map(len, prompts)),
                     "kv_cache": "f32", "text_head": "llama.cpp (the same decode as the hidden states)"}
     if gguf_type == "f32":
@@ -262,7 +265,6 @@ def verify(model, tokenizer, path: Path, gguf_type: str, reference: Path | None 
                 x = model.embed(torch.tensor([ids]))
                 h, _ = model.decode(x, position_ids=torch.arange(len(ids))[None])
                 ref = model.text_logits(h)[0].numpy()
-                h = h[..., :cfg.hidden_size]  # llama.cpp gives the last layer's states only
                 mine = _text_logits(full, cfg.n_text_vocab, cfg.img_bos_id)
                 dh = max(dh, float(np.abs(h[0].numpy() - hidden).max()))
                 dl = max(dl, float(np.abs(ref - mine).max()))

@@ -22,11 +22,16 @@ llama.cpp's memory as sequences of one context:
   Sequence ids are pooled; a dropped stream gives its sequences back (weakref finalizer).
 - KV cache f32 (`type_k = type_v = 0`): with f32 weights the logits match PyTorch to ~1e-5.
 
-It refuses (one line, `BundleError`) a bundle whose adapter reads an earlier decoder layer
-(`adapter_reads`: llama.cpp outputs the last layer's states only), a bundle without text.gguf
-in its manifest and a text.gguf of another bundle, model or ARMOR GGUF version. It knows
-llama.cpp's low-level ctypes API (llama-cpp-python 0.3.x); it knows nothing about modes,
-sampling or guidance.
+- `adapter_reads` k (the adapter reads decoder layer k beside the last): llama.cpp outputs the
+  last layer only, so its eval callback (`cb_eval`) copies layer k's output (graph tensor
+  `l_out-{k-1}`, all tokens of the batch) out of every decode, and the final RMSNorm (text.gguf's
+  `output_norm.weight` and epsilon) is put on it here: the hidden states are `[last | layer k]`
+  as in every other backend. The callback makes llama.cpp split its graph at that tensor.
+
+It refuses (one line, `BundleError`) a bundle without text.gguf in its manifest and a text.gguf
+of another bundle, model or ARMOR GGUF version. It knows llama.cpp's low-level ctypes API
+(llama-cpp-python 0.3.x) and ggml's tensor accessors; it knows nothing about modes, sampling or
+guidance.
 """
 
 from __future__ import annotations
@@ -99,11 +104,11 @@ def route_logs() -> None:
 
 class LlamaText(Closing):
     """One text.gguf loaded in llama.cpp with one context of `n_seq` sequences (unified KV
-    cache of `n_ctx` cells, f32), embeddings output on. Torch-free, bundle-free: the exporter's
-    verification uses it too."""
+    cache of `n_ctx` cells, f32), embeddings output on; with `also_layer` k the hidden states are
+    `[last | layer k]` (`_LayerTap`). Torch-free, bundle-free: the exporter's verification uses it too."""
 
     def __init__(self, path: str | Path, n_ctx: int, n_seq: int = 4, threads: int | None = None,
-                 gpu_layers: int = 0, n_batch: int | None = None):
+                 gpu_layers: int = 0, n_batch: int | None = None, also_layer: int | None = None):
         L = _lib()
         route_logs()
         self.path = Path(path)
@@ -133,6 +138,14 @@ class LlamaText(Closing):
             cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
             cp.kv_unified = True  # the sequences share the cells: a CFG pair's short row costs nothing
             cp.no_perf = True
+            self.tap = None
+            if also_layer is not None:
+                n_layer = int(L.llama_model_n_layer(self.model))
+                if not 1 <= also_layer < n_layer:
+                    raise BundleError(f"{self.path} has {n_layer} layers; the adapter reads layer {also_layer}")
+                self.tap = _LayerTap(self.path, also_layer, self.n_embd, self.meta)
+                cp.cb_eval, cp.cb_eval_user_data = self.tap.callback, None
+            self.width = self.n_embd * (1 if self.tap is None else 2)
             self.ctx = L.llama_init_from_model(self.model, cp)
             if not self.ctx:
                 raise DeviceError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.path.name}")
@@ -152,11 +165,11 @@ class LlamaText(Closing):
 
     # --- decoding ------------------------------------------------------------------------------
     def decode(self, rows: list, all_logits: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """rows: (seq_id, first position, ids [T], embeds [T, H] or None) -> (hidden [T, H] of
-        every row, logits: the last token's [n_vocab] per row, or [T, n_vocab] with all_logits).
+        """rows: (seq_id, first position, ids [T], embeds [T, H] or None) -> (hidden [T, W] of
+        every row (W = H, or 2H with `also_layer`), logits: the last token's [n_vocab] per row, or [T, n_vocab] with all_logits).
         `embeds` rows replace the ids' embeddings where `ids` < 0. Rows of ids only decode in one
         batch (chunked to n_batch); a row with embeddings decodes run by run."""
-        hidden = [np.empty((len(r[2]), self.n_embd), np.float32) for r in rows]
+        hidden = [np.empty((len(r[2]), self.width), np.float32) for r in rows]
         logits: list = [None] * len(rows)
         if all(r[3] is None for r in rows):
             flat = [(i, j) for i, r in enumerate(rows) for j in range(len(r[2]))]
@@ -179,7 +192,7 @@ class LlamaText(Closing):
         return hidden, logits
 
     def _run_tokens(self, rows, items, hidden, logits, all_logits) -> None:
-        L, b, n = _lib(), self._tok, len(items)
+        b, n = self._tok, len(items)
         tok = np.ctypeslib.as_array(b.token, shape=(self.n_batch,))
         pos = np.ctypeslib.as_array(b.pos, shape=(self.n_batch,))
         nseq = np.ctypeslib.as_array(b.n_seq_id, shape=(self.n_batch,))
@@ -190,7 +203,7 @@ class LlamaText(Closing):
             b.seq_id[k][0] = seq
         b.n_tokens = n
         self._decode(b, n)
-        emb = np.ctypeslib.as_array(L.llama_get_embeddings(self.ctx), shape=(n, self.n_embd))
+        emb = self._states(n)
         for k, (i, j) in enumerate(items):
             hidden[i][j] = emb[k]
             T = len(rows[i][2])
@@ -202,7 +215,7 @@ class LlamaText(Closing):
                 logits[i] = self._logits(k)
 
     def _run_embeds(self, seq, p0, embeds, hidden, start, logits, i, all_logits, last) -> None:
-        L, b, n = _lib(), self._emb, len(embeds)
+        b, n = self._emb, len(embeds)
         np.ctypeslib.as_array(b.embd, shape=(self.n_batch * self.n_embd,))[: n * self.n_embd] = \
             np.asarray(embeds, np.float32).reshape(-1)
         pos = np.ctypeslib.as_array(b.pos, shape=(self.n_batch,))
@@ -213,7 +226,7 @@ class LlamaText(Closing):
             b.seq_id[k][0] = seq
         b.n_tokens = n
         self._decode(b, n)
-        hidden[start:start + n] = np.ctypeslib.as_array(L.llama_get_embeddings(self.ctx), shape=(n, self.n_embd))
+        hidden[start:start + n] = self._states(n)
         if all_logits:
             if logits[i] is None:
                 logits[i] = np.empty((len(hidden), self.n_vocab), np.float32)
@@ -225,10 +238,19 @@ class LlamaText(Closing):
     def _logits(self, k: int) -> np.ndarray:
         return np.ctypeslib.as_array(_lib().llama_get_logits_ith(self.ctx, k), shape=(self.n_vocab,)).copy()
 
+    def _states(self, n: int) -> np.ndarray:
+        """The hidden states [n, W] of the batch just decoded."""
+        last = np.ctypeslib.as_array(_lib().llama_get_embeddings(self.ctx), shape=(n, self.n_embd))
+        return last if self.tap is None else np.concatenate([last, self.tap.take(n)], 1)
+
     def _decode(self, batch, n: int) -> None:
+        if self.tap is not None:
+            self.tap.reset()
         t0 = time.perf_counter()
         rc = _lib().llama_decode(self.ctx, batch)
         self.seconds += time.perf_counter() - t0
+        if self.tap is not None and self.tap.error is not None:
+            raise DeviceError(f"reading decoder layer {self.tap.layer} out of llama.cpp failed: {self.tap.error}")
         if rc == 1:
             raise ContextFull(f"llama.cpp found no room for {n} more tokens in its {self.path.name} context")
         if rc != 0:
@@ -256,6 +278,74 @@ class LlamaText(Closing):
             self.model = None
 
 
+class _LayerTap:
+    """Copies decoder layer `layer`'s output (llama.cpp's graph tensor `l_out-{layer-1}`, one row
+    per token of the batch) out of each decode through llama.cpp's eval callback, and puts the
+    model's final RMSNorm on it: what the adapter reads beside the last layer (`adapter_reads`).
+    Only ggml's exported accessors touch the tensor (no struct layout)."""
+
+    def __init__(self, path: Path, layer: int, n_embd: int, meta):
+        import llama_cpp._ggml as ggml  # llama-cpp-python's handle on libggml (0.3.x)
+
+        g = ggml.libggml
+        for name, res, args in (("ggml_get_name", ctypes.c_char_p, [ctypes.c_void_p]),
+                                ("ggml_nelements", ctypes.c_int64, [ctypes.c_void_p]),
+                                ("ggml_nrows", ctypes.c_int64, [ctypes.c_void_p]),
+                                ("ggml_element_size", ctypes.c_size_t, [ctypes.c_void_p]),
+                                ("ggml_is_contiguous", ctypes.c_bool, [ctypes.c_void_p]),
+                                ("ggml_backend_tensor_get", None,
+                                 [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t])):
+            fn = getattr(g, name)
+            fn.restype, fn.argtypes = res, args
+        self.g, self.layer, self.n_embd = g, layer, n_embd
+        self.name = f"l_out-{layer - 1}".encode()
+        self.weight, self.eps = _final_norm(path, meta)
+        self.rows: list[np.ndarray] = []
+        self.error: str | None = None
+        self.callback = _lib().ggml_backend_sched_eval_callback(self._observe)  # kept alive with the context
+
+    def reset(self) -> None:
+        self.rows, self.error = [], None
+
+    def _observe(self, tensor, ask: bool, _user_data) -> bool:
+        try:
+            mine = self.g.ggml_get_name(tensor) == self.name
+            if ask or not mine:  # ask: observe only our tensor; anything else computes on
+                return mine if ask else True
+            g, rows = self.g, int(self.g.ggml_nrows(tensor))
+            if (g.ggml_element_size(tensor) != 4 or not g.ggml_is_contiguous(tensor)
+                    or int(g.ggml_nelements(tensor)) != rows * self.n_embd):
+                raise ValueError(f"{self.name.decode()} is not a contiguous f32 [tokens, {self.n_embd}] tensor")
+            out = np.empty((rows, self.n_embd), np.float32)
+            g.ggml_backend_tensor_get(tensor, out.ctypes.data_as(ctypes.c_void_p), 0, out.nbytes)
+            self.rows.append(out)
+            return True
+        except Exception as e:  # an exception cannot cross the C callback: stop the compute, raise after it
+            self.error = f"{type(e).__name__}: {e}"
+            return False
+
+    def take(self, n: int) -> np.ndarray:
+        """Layer `layer`'s normed states [n, H] of the batch just decoded."""
+        got = sum(len(r) for r in self.rows)
+        if got != n:
+            raise DeviceError(f"llama.cpp gave {got} rows of decoder layer {self.layer} for a batch of {n} tokens")
+        x = np.concatenate(self.rows) if len(self.rows) > 1 else self.rows[0]
+        return x / np.sqrt(np.mean(np.square(x), -1, keepdims=True) + self.eps) * self.weight
+
+
+def _final_norm(path: Path, meta) -> tuple[np.ndarray, float]:
+    """text.gguf's final RMSNorm: (`output_norm.weight` [H] float32, epsilon)."""
+    import gguf
+
+    arch = meta("general.architecture")
+    eps = meta(f"{arch}.attention.layer_norm_rms_epsilon")
+    tensor = next((t for t in gguf.GGUFReader(str(path)).tensors if t.name == "output_norm.weight"), None)
+    if eps is None or tensor is None or tensor.tensor_type not in (gguf.GGMLQuantizationType.F32,
+                                                                     gguf.GGMLQuantizationType.F16):
+        raise BundleError(f"{path} has no float output_norm.weight and RMS epsilon to norm an earlier layer with")
+    return np.asarray(tensor.data, np.float32).reshape(-1), float(eps)
+
+
 # --- the bundle's engine ---------------------------------------------------------------------------
 def open_engines(bundle, device: str = "cpu", threads: int | None = None, n_seq: int = 4, **options):
     """ORT runners for the graphs llama.cpp does not serve, and the llama.cpp decoder."""
@@ -263,10 +353,6 @@ def open_engines(bundle, device: str = "cpu", threads: int | None = None, n_seq:
 
     if device not in ("cpu", "cuda"):
         raise DeviceError(f"--backend llamacpp runs on device cpu or cuda, got {device!r}")
-    reads = bundle.model.get("adapter_reads")
-    if reads is not None:  # llama.cpp outputs the last layer's states only
-        raise BundleError(f"{bundle.path}'s adapter also reads decoder layer {reads}, which llama.cpp does not "
-                          f"output: run it with --backend ort or tensorrt")
     L = _lib()
     gpu_layers = 0
     if device == "cuda":
@@ -299,7 +385,8 @@ class LlamaDecoder:
         self.capacity = int(m["context_length"])
         self.n_text, self.img_bos = m["n_text_vocab"], m["special_token_ids"]["img_bos"]
         self.engine = LlamaText(bundle.path / C.GGUF_FILE, n_ctx=2 * self.capacity + 64, n_seq=n_seq,
-                                threads=threads, gpu_layers=gpu_layers, n_batch=self.capacity)
+                                threads=threads, gpu_layers=gpu_layers, n_batch=self.capacity,
+                                also_layer=m.get("adapter_reads"))
         try:
             self._check(bundle)
         except BaseException:

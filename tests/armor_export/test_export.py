@@ -203,14 +203,13 @@ def test_explicit_head_dim_is_read_from_the_config(tokenizer, tmp_path):
 
 def test_an_adapter_reading_an_earlier_layer_exports_in_both_cache_forms(reads_checkpoint, tmp_path):
     """`adapter_reads`: the decoder's states [last | layer k] flow through every graph of both
-    cache forms; each is verified against PyTorch, the runtime's image logits match the
-    reference's, and the llama.cpp backend (which outputs the last layer only) refuses it."""
+    cache forms; each is verified against PyTorch and the runtime's image logits match the
+    reference's (llama.cpp: tests/runtime/test_llamacpp.py)."""
     import numpy as np
     import torch
 
     from runtime.backends import open_model
     from runtime.bundle import open_bundle
-    from runtime.errors import BundleError
     from training_ref.checkpoint import load_checkpoint
 
     ckpt = reads_checkpoint
@@ -237,5 +236,3 @@ def test_an_adapter_reading_an_earlier_layer_exports_in_both_cache_forms(reads_c
         finally:
             rt.close()
         np.testing.assert_allclose(got, ref, atol=1e-4)
-    with pytest.raises(BundleError, match="llama.cpp does not output"):
-        open_model(open_bundle(tmp_path / "dynamic"), "llamacpp", "cpu", 1)

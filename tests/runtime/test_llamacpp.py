@@ -67,6 +67,38 @@ def test_hidden_states_and_text_logits_match_ort(models):
     assert llama.decoder.ort_text_head_calls == 0  # the text head came from llama.cpp's decode
 
 
+def test_an_adapter_reading_an_earlier_layer_gets_it_from_llama_cpp(reads_checkpoint, tmp_path):
+    """`adapter_reads`: llama.cpp's eval callback gives decoder layer k beside the last; the
+    export's verification compares both halves with PyTorch, and the stream's states [last |
+    layer k] (prompt and input image) and the adapter's image logits match the ORT backend's."""
+    from armor_export.export import export_bundle
+    from runtime.bundle import open_bundle
+    from runtime.model import BundleModel
+
+    export_bundle(reads_checkpoint, tmp_path / "b", progress=False)
+    bundle = open_bundle(_with_gguf(tmp_path / "b", reads_checkpoint, tmp_path / "g"))
+    report = bundle.manifest["gguf"]["verification"]
+    assert report["passed"] and report["max_abs_diff_hidden"] < 1e-3
+    ort, llama = BundleModel.open(bundle, "ort"), BundleModel.open(bundle, "llamacpp")
+    try:
+        h, img_bos = bundle.model["hidden_size"], bundle.model["special_token_ids"]["img_bos"]
+        ids = _prompt(ort, "describe the image.")
+        ids = ids[:3] + [ort.image_token_id] * ort.n_image_tokens + ids[3:]
+        emb = np.random.default_rng(0).normal(size=(ort.n_image_tokens, h)).astype(np.float32) * 0.05
+        a, b = ort.start(ids, emb[None]), llama.start(ids, emb[None])
+        for token in (7, img_bos):
+            a.append([token]), b.append([token])
+        (ca, mask), (cb, _) = a.context(), b.context()
+        assert ca.shape[-1] == 2 * h
+        np.testing.assert_allclose(cb, ca, atol=ATOL)
+        assert np.abs(cb[..., h:] - cb[..., :h]).max() > 1e-2  # the second half is another layer
+        np.testing.assert_allclose(llama.image_cursor(cb, mask).prefill(), ort.image_cursor(ca, mask).prefill(),
+                                   atol=ATOL)
+    finally:
+        ort.close()
+        llama.close()
+
+
 def test_input_image_embeddings_go_through_the_batch(models):
     ort, llama = models
     ids = _prompt(ort)
