@@ -286,3 +286,21 @@ def test_text_gguf_of_another_bundle_is_refused(random_gguf, tiny_gguf, tmp_path
     code = main([str(bad), "--backend", "llamacpp", "--prompt", "hi", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and "another bundle" in err, err
+
+
+def test_a_layer_llama_cpp_cannot_give_is_one_clear_error(random_gguf):
+    """The eval callback cannot raise into llama.cpp: a tensor it cannot read stops the decode,
+    and the error comes out of `decode` as one DeviceError; a layer beyond the model's is refused."""
+    from runtime.backends import DeviceError
+    from runtime.backends.llamacpp import LlamaText
+    from runtime.errors import BundleError
+
+    path = random_gguf / C.GGUF_FILE
+    with pytest.raises(BundleError, match=r"has \d+ layers; the adapter reads layer 99"):
+        LlamaText(path, n_ctx=32, n_seq=1, also_layer=99)
+    with LlamaText(path, n_ctx=32, n_seq=1, also_layer=1) as engine:
+        hidden, _ = engine.decode([(0, 0, np.arange(5, 9), None)])
+        assert hidden[0].shape == (4, 2 * engine.n_embd)
+        engine.tap.n_embd += 1  # as if the tensor had another width
+        with pytest.raises(DeviceError, match="reading decoder layer 1 out of llama.cpp failed: ValueError"):
+            engine.decode([(0, 4, np.arange(5, 9), None)])
