@@ -166,7 +166,8 @@ class LlamaText(Closing):
     # --- decoding ------------------------------------------------------------------------------
     def decode(self, rows: list, all_logits: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """rows: (seq_id, first position, ids [T], embeds [T, H] or None) -> (hidden [T, W] of
-        every row (W = H, or 2H with `also_layer`), logits: the last token's [n_vocab] per row, or [T, n_vocab] with all_logits).
+        every row (W = H, or 2H with `also_layer`), logits: the last token's [n_vocab] per row,
+        or [T, n_vocab] with all_logits).
         `embeds` rows replace the ids' embeddings where `ids` < 0. Rows of ids only decode in one
         batch (chunked to n_batch); a row with embeddings decodes run by run."""
         hidden = [np.empty((len(r[2]), self.width), np.float32) for r in rows]
