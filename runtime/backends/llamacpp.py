@@ -311,8 +311,10 @@ class _LayerTap:
     def _observe(self, tensor, ask: bool, _user_data) -> bool:
         try:
             mine = self.g.ggml_get_name(tensor) == self.name
-            if ask or not mine:  # ask: observe only our tensor; anything else computes on
-                return mine if ask else True
+            if ask:  # the scheduler asks which tensors to hand over: only ours
+                return mine
+            if not mine:
+                return True
             g, rows = self.g, int(self.g.ggml_nrows(tensor))
             if (g.ggml_element_size(tensor) != 4 or not g.ggml_is_contiguous(tensor)
                     or int(g.ggml_nelements(tensor)) != rows * self.n_embd):
@@ -330,7 +332,7 @@ class _LayerTap:
         got = sum(len(r) for r in self.rows)
         if got != n:
             raise DeviceError(f"llama.cpp gave {got} rows of decoder layer {self.layer} for a batch of {n} tokens")
-        x = np.concatenate(self.rows) if len(self.rows) > 1 else self.rows[0]
+        x = np.concatenate(self.rows)
         return x / np.sqrt(np.mean(np.square(x), -1, keepdims=True) + self.eps) * self.weight
 
 
